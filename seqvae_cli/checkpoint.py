@@ -1,0 +1,94 @@
+"""Checkpoints: written atomically, read with weights_only=True, and rebuilt into a runnable model.
+
+A checkpoint carries everything needed to continue or score a run without the original command:
+the resolved config, model/optimiser/scheduler state, step and epoch, every RNG state, and the
+data module's state (e.g. a vocabulary).
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import zipfile
+from pathlib import Path
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from .data import DataModule
+from .errors import SeqvaeError
+from .models import LatentModel
+
+FORMAT = "seqvae-checkpoint-1"
+
+
+def save_atomic(state: dict, path: Path) -> None:
+    """Write to a temporary file in the same folder, fsync, then rename: a kill leaves the old file intact."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path | str, map_location: str | torch.device = "cpu") -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise SeqvaeError(f"checkpoint {path} does not exist; give a run directory with checkpoints/ "
+                          f"(run_dir=outputs/DATE/TIME) or the path of a .pt file")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, OSError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise SeqvaeError(f"checkpoint {path} is unreadable (truncated, corrupt or not a seqvae checkpoint: "
+                          f"{first[:160]}); use the other file in checkpoints/ or retrain") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise SeqvaeError(f"{path} is not a seqvae checkpoint (no '{FORMAT}' marker); "
+                          f"pass a file written by `seqvae train` (checkpoints/best.pt or last.pt)")
+    return state
+
+
+def resolve_checkpoint(run_dir: str | None, checkpoint: str) -> Path:
+    if checkpoint in ("best", "last"):
+        if not run_dir:
+            raise SeqvaeError("no run given: pass run_dir=outputs/DATE/TIME (a `seqvae train` output folder) "
+                              "or checkpoint=path/to/file.pt")
+        return Path(run_dir) / "checkpoints" / f"{checkpoint}.pt"
+    return Path(checkpoint)
+
+
+def build(cfg: DictConfig, device: torch.device, data_state: dict | None = None) -> tuple[DataModule, LatentModel]:
+    """Instantiate the data module (set up on `device`) and the model it shapes."""
+    dm: DataModule = instantiate(cfg.data, _convert_="all")
+    if data_state:
+        dm.load_state_dict(data_state)
+    dm.setup(device)
+    model: LatentModel = instantiate(cfg.model, _convert_="all", **dm.model_kwargs())
+    return dm, model.to(device)
+
+
+def load_model_state(model: LatentModel, state: dict, path: Path | str) -> None:
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as exc:
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+        raise SeqvaeError(f"checkpoint {path} holds weights of a different model than its config builds "
+                          f"({lines[1][:160] if len(lines) > 1 else lines[0][:160]}); "
+                          f"it was written by another version of the model: retrain") from None
+
+
+def load_run(run_dir: str | None, checkpoint: str, device: torch.device, data_dir: str | None = None
+             ) -> tuple[DictConfig, DataModule, LatentModel, dict]:
+    """Rebuild a trained run for eval/sample: its own config, data (under today's data_dir) and weights."""
+    path = resolve_checkpoint(run_dir, checkpoint)
+    state = load_checkpoint(path, map_location=device)
+    cfg = OmegaConf.create(state["config"])
+    if data_dir is not None:  # data may have moved since training: the current setting wins
+        cfg.paths.data_dir = data_dir
+        cfg.data.data_dir = data_dir
+    dm, model = build(cfg, device, state.get("data_state"))
+    load_model_state(model, state, path)
+    model.eval()
+    return cfg, dm, model, state

@@ -1,0 +1,148 @@
+"""`seqvae VERB [hydra overrides]`: a thin dispatcher over one Hydra app per verb."""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sys
+import time
+from pathlib import Path
+
+import hydra
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.tensorboard import SummaryWriter
+
+from .config import register_resolvers, setup_device, validate
+from .errors import SeqvaeError
+
+log = logging.getLogger("seqvae")
+CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+register_resolvers()
+
+USAGE = """usage: seqvae VERB [hydra overrides]
+
+verbs:
+  train    train a model (default: MLP-VAE on MNIST); returns the validation metric for sweeps
+           e.g. seqvae train model.latent_dim=2 trainer.max_epochs=5 | seqvae train -m model.latent_dim=2,10
+  eval     score a trained run: -ELBO, reconstruction, KL, IW-NLL, active units, mutual information
+           e.g. seqvae eval run_dir=outputs/2026-11-21/10-00-00 split=test iw_samples=5000
+  sample   write pictures (samples, reconstructions, interpolations, traversals, latent scatter)
+           e.g. seqvae sample run_dir=outputs/2026-11-21/10-00-00
+  report   one row per job of a multirun folder, sorted by the optimised metric (also written as CSV)
+           e.g. seqvae report multirun/2026-11-21/10-00-00
+
+`seqvae VERB --help` lists that verb's config groups and options; `seqvae VERB --cfg job` prints the config."""
+
+
+def _fail(exc: SeqvaeError) -> float:
+    """One error line; in a sweep, score the job as +inf so the other jobs (and Optuna) carry on."""
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        log.error("seqvae: error: %s", exc)
+        return math.inf
+    print(f"seqvae: error: {exc}", file=sys.stderr)
+    sys.exit(2)
+
+
+def _overrides() -> list[str]:
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
+def train_app(cfg: DictConfig) -> float:
+    from .trainer import Trainer
+    try:
+        validate(cfg)
+        run_dir = Path(HydraConfig.get().runtime.output_dir)
+        result = Trainer(cfg, run_dir, _overrides()).fit()
+    except SeqvaeError as exc:
+        return _fail(exc)
+    log.info("run directory: %s", run_dir)
+    return float(result["optimized_value"])
+
+
+def _run_dir_of(cfg: DictConfig) -> Path:
+    if cfg.run_dir:
+        return Path(cfg.run_dir)
+    ckpt = Path(cfg.checkpoint)
+    return ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="eval")
+def eval_app(cfg: DictConfig) -> dict | float:
+    from .checkpoint import load_run
+    from .evaluate import evaluate, public
+    try:
+        validate(cfg)
+        device = setup_device(cfg.device)
+        _, dm, model, state = load_run(cfg.run_dir, cfg.checkpoint, device, cfg.paths.data_dir)
+        k = cfg.iw_samples or dm.eval_iw_samples
+        limit = math.ceil(cfg.limit_examples / cfg.batch_size) if cfg.limit_examples else None
+        torch.manual_seed(cfg.seed)
+        started = time.time()
+        metrics = public(evaluate(model, dm, cfg.split, iw_samples=k, limit=limit, batch_size=cfg.batch_size,
+                                  rows_per_chunk=cfg.iw_rows_per_chunk, progress=True))
+    except SeqvaeError as exc:
+        return _fail(exc)
+    metrics.update(seconds=round(time.time() - started, 1), checkpoint=str(cfg.checkpoint),
+                   checkpoint_epoch=state["epoch"])
+    run_dir = _run_dir_of(cfg)
+    out = run_dir / "eval.json"
+    results = json.loads(out.read_text()) if out.exists() else {}
+    results[cfg.split] = metrics
+    out.write_text(json.dumps(results, indent=2))
+    width = max(map(len, metrics))
+    print(f"{'metric':<{width}}  value")
+    for key, value in metrics.items():
+        print(f"{key:<{width}}  {value:.4f}" if isinstance(value, float) else f"{key:<{width}}  {value}")
+    print(f"written: {out}")
+    return metrics
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="sample")
+def sample_app(cfg: DictConfig) -> None:
+    from . import visuals
+    from .checkpoint import load_run
+    try:
+        validate(cfg)
+        device = setup_device(cfg.device)
+        _, dm, model, state = load_run(cfg.run_dir, cfg.checkpoint, device, cfg.paths.data_dir)
+        if model.latent_dim == 0:
+            raise SeqvaeError("this run's model has no latent variable: there is nothing to sample from a prior")
+    except SeqvaeError as exc:
+        _fail(exc)
+        return
+    run_dir = _run_dir_of(cfg)
+    torch.manual_seed(cfg.seed)
+    writer = SummaryWriter(str(run_dir / "tb"))
+    draw = {"image": visuals.sample_images}[dm.kind]
+    written = draw(model, dm, cfg, run_dir / "samples", writer, state["step"])
+    writer.close()
+    for path in written:
+        print(f"written: {path}")
+
+
+APPS = {"train": train_app, "eval": eval_app, "sample": sample_app}
+
+
+def main() -> None:
+    args = sys.argv[1:]
+    if not args or args[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return
+    verb, rest = args[0], args[1:]
+    if verb == "report":
+        from .report import main as report_main
+        sys.exit(report_main(rest))
+    if verb not in APPS:
+        print(f"seqvae: error: unknown verb {verb!r}; expected one of train, eval, sample, report "
+              f"(seqvae --help lists them)", file=sys.stderr)
+        sys.exit(2)
+    sys.argv = [f"seqvae-{verb}"] + rest
+    APPS[verb]()
+
+
+if __name__ == "__main__":
+    main()

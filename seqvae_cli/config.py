@@ -1,0 +1,156 @@
+"""Config checks run before any work starts, Hydra resolvers, and device selection.
+
+A bad value fails with one line naming the key, the value and what is allowed. Unknown keys and
+unknown group options are already refused by Hydra (struct mode, group lookup) before we run.
+"""
+from __future__ import annotations
+
+import datetime
+import numbers
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from .errors import SeqvaeError
+
+
+def _run_dir(task_name: str, run_dir: str | None, checkpoint: str | None) -> str:
+    """Hydra's run directory: train -> run_dir or outputs/DATE/TIME; eval/sample -> RUN/logs/TASK_DATE_TIME."""
+    now = datetime.datetime.now()
+    if task_name == "train":
+        return str(run_dir) if run_dir else f"outputs/{now:%Y-%m-%d}/{now:%H-%M-%S}"
+    base = run_dir
+    if not base and checkpoint and str(checkpoint).endswith(".pt"):
+        ckpt = Path(str(checkpoint))
+        base = str(ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent)
+    if not base:
+        return f"outputs/{task_name}/{now:%Y-%m-%d}/{now:%H-%M-%S}"
+    return f"{base}/logs/{task_name}_{now:%Y-%m-%d_%H-%M-%S}"
+
+
+def register_resolvers() -> None:
+    if not OmegaConf.has_resolver("seqvae_run_dir"):
+        OmegaConf.register_new_resolver("seqvae_run_dir", _run_dir, use_cache=True)
+
+
+# --------------------------------------------------------------------------------------- validation
+
+def one_of(*allowed: Any) -> tuple[Callable[[Any], bool], str]:
+    return (lambda v: v in allowed), "one of: " + ", ".join(map(str, allowed))
+
+
+def number(lo: float | None = None, hi: float | None = None, integer: bool = False,
+           lo_open: bool = False) -> tuple[Callable[[Any], bool], str]:
+    def ok(v: Any) -> bool:
+        if isinstance(v, bool) or not isinstance(v, numbers.Real):
+            return False
+        if integer and not float(v).is_integer():
+            return False
+        if lo is not None and (v <= lo if lo_open else v < lo):
+            return False
+        return hi is None or v <= hi
+    kind = "an integer" if integer else "a number"
+    bounds = []
+    if lo is not None:
+        bounds.append(f"{'>' if lo_open else '>='} {lo}")
+    if hi is not None:
+        bounds.append(f"<= {hi}")
+    return ok, kind + (" " + " and ".join(bounds) if bounds else "")
+
+
+def positive_int_list() -> tuple[Callable[[Any], bool], str]:
+    return (lambda v: isinstance(v, (list, ListConfig)) and len(v) > 0
+            and all(isinstance(i, int) and not isinstance(i, bool) and i > 0 for i in v)), \
+        "a non-empty list of positive integers, e.g. [512,512]"
+
+
+def batch_limit_rule() -> tuple[Callable[[Any], bool], str]:
+    return (lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool) and v > 0)
+            or (isinstance(v, float) and 0 < v <= 1)), "null, a positive integer (batches) or a fraction in (0, 1]"
+
+
+def resume_rule() -> tuple[Callable[[Any], bool], str]:
+    return (lambda v: isinstance(v, bool) or (isinstance(v, str) and v.endswith(".pt"))), \
+        "false, true (with run_dir=RUN) or a path to a .pt checkpoint"
+
+
+# key -> (check, description). Keys absent from a config (e.g. text-only keys on MNIST) are skipped.
+RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "device.type": one_of("auto", "cpu", "cuda", "mps"),
+    "device.num_threads": (lambda v: v is None or (isinstance(v, int) and v > 0), "null or a positive integer"),
+    "data.binarize": one_of("dynamic", "static", "none"),
+    "data.batch_size": number(1, integer=True),
+    "data.eval_batch_size": number(1, integer=True),
+    "data.num_val": number(1, 59999, integer=True),
+    "data.eval_iw_samples": number(1, integer=True),
+    "model.hidden_sizes": positive_int_list(),
+    "model.activation": one_of("relu", "elu", "tanh", "softplus", "gelu"),
+    "model.latent_dim": number(1, integer=True),
+    "model.likelihood": one_of("bernoulli", "gaussian"),
+    "objective.beta": number(0),
+    "objective.iw_samples": number(1, integer=True),
+    "objective.kl_anneal.schedule": one_of("constant", "linear", "sigmoid", "cyclical"),
+    "objective.kl_anneal.unit": one_of("steps", "epochs"),
+    "objective.kl_anneal.start": number(0),
+    "objective.kl_anneal.end": number(0),
+    "objective.kl_anneal.warmup": number(0),
+    "objective.kl_anneal.n_cycles": number(1, integer=True),
+    "objective.kl_anneal.ratio": number(0, 1, lo_open=True),
+    "objective.free_bits.per_dim": number(0),
+    "objective.free_bits.total": number(0),
+    "optim.name": one_of("adam", "adamw"),
+    "optim.lr": number(0, lo_open=True),
+    "optim.weight_decay": number(0),
+    "optim.grad_clip": number(0),
+    "optim.lr_schedule": one_of("constant", "cosine", "step", "exponential"),
+    "optim.lr_min": number(0),
+    "optim.lr_gamma": number(0, 1, lo_open=True),
+    "optim.lr_step_epochs": number(1, integer=True),
+    "optim.warmup_steps": number(0, integer=True),
+    "trainer.max_epochs": number(1, integer=True),
+    "trainer.max_steps": (lambda v: isinstance(v, int) and (v == -1 or v > 0), "-1 (no limit) or a positive integer"),
+    "trainer.limit_train_batches": batch_limit_rule(),
+    "trainer.limit_val_batches": batch_limit_rule(),
+    "trainer.val_every": number(1, integer=True),
+    "trainer.log_every": number(1, integer=True),
+    "trainer.seed": number(0, integer=True),
+    "trainer.resume": resume_rule(),
+    "trainer.test_iw_samples": number(0, integer=True),
+    "split": one_of("train", "val", "test"),
+    "checkpoint": (lambda v: v in ("best", "last") or (isinstance(v, str) and v.endswith(".pt")),
+                   "best, last or a path to a .pt file"),
+    "iw_samples": (lambda v: v is None or (isinstance(v, int) and v >= 1), "null or a positive integer"),
+}
+
+
+def validate(cfg: DictConfig, rules: dict = RULES) -> None:
+    """Raise SeqvaeError on the first value outside what its key allows."""
+    for key, (ok, allowed) in rules.items():
+        if OmegaConf.select(cfg, key, default="__absent__", throw_on_missing=False) == "__absent__":
+            continue
+        value = OmegaConf.select(cfg, key)
+        if isinstance(value, ListConfig):
+            value = list(value)
+        if not ok(value):
+            raise SeqvaeError(f"config error: {key}={value!r} is not allowed; expected {allowed} "
+                              f"(fix it with the override {key}=...)")
+
+
+def pick_device(kind: str) -> torch.device:
+    """auto = cuda, else mps, else cpu; an explicit choice that is not present is an error, not a fallback."""
+    has_mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    if kind == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "mps" if has_mps else "cpu")
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise SeqvaeError("device=cuda was asked for but torch sees no CUDA device; use device=auto or device=cpu")
+    if kind == "mps" and not has_mps:
+        raise SeqvaeError("device=mps was asked for but this torch build has no MPS backend; use device=auto or device=cpu")
+    return torch.device(kind)
+
+
+def setup_device(device_cfg: DictConfig) -> torch.device:
+    if device_cfg.get("num_threads"):
+        torch.set_num_threads(int(device_cfg.num_threads))
+    return pick_device(device_cfg.type)

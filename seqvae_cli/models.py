@@ -1,0 +1,95 @@
+"""Models only say how they encode and decode; the objective (objective.py) does the rest.
+
+Interface every model implements (the trainer, evaluator and sampler use nothing else):
+  latent_dim            size of z (0 for a model without a latent)
+  variational           False for the deterministic autoencoder: z = posterior mean, no KL
+  encode(batch)         -> (mu, logvar), each [B, D]: the Gaussian posterior q(z|x)
+  log_likelihood(batch, z) with z [S, B, D] -> log p(x|z), [S, B], in nats per example
+  decode_mean(z)        -> the decoder's mean output, for pictures
+  aux_loss(batch, z)    -> an extra per-example loss (e.g. bag-of-words), [B]; zeros by default
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .data import Batch
+from .errors import SeqvaeError
+
+ACTIVATIONS = {"relu": nn.ReLU, "elu": nn.ELU, "tanh": nn.Tanh, "softplus": nn.Softplus, "gelu": nn.GELU}
+
+
+class LatentModel(nn.Module):
+    latent_dim: int
+    variational: bool = True
+
+    def encode(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def log_likelihood(self, batch: Batch, z: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def decode_mean(self, z: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def aux_loss(self, batch: Batch, z: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(batch["x"].shape[0], device=batch["x"].device)
+
+
+def mlp(sizes: list[int], activation: str) -> nn.Sequential:
+    """Linear layers with `activation` between them (none after the last)."""
+    layers: list[nn.Module] = []
+    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(nn.Linear(n_in, n_out))
+        if i < len(sizes) - 2:
+            layers.append(ACTIVATIONS[activation]())
+    return nn.Sequential(*layers)
+
+
+class MLPVAE(LatentModel):
+    """Fully connected VAE for flat images; 784-400-20 with ReLU is the pytorch/examples model.
+
+    Layer creation order (encoder, mu head, logvar head, decoder) matches pytorch/examples, so the
+    same seed gives the same initial weights as that script.
+    """
+
+    def __init__(self, input_dim: int, hidden_sizes: list[int], latent_dim: int, activation: str = "relu",
+                 likelihood: str = "bernoulli", name: str = "mlp_vae") -> None:
+        super().__init__()
+        if activation not in ACTIVATIONS:
+            raise SeqvaeError(f"model.activation={activation!r} is not allowed; expected one of {sorted(ACTIVATIONS)}")
+        hidden = list(hidden_sizes)
+        self.input_dim, self.latent_dim, self.likelihood = input_dim, latent_dim, likelihood
+        self.encoder = nn.Sequential(mlp([input_dim] + hidden, activation), ACTIVATIONS[activation]())
+        self.mu_head = nn.Linear(hidden[-1], latent_dim)
+        self.logvar_head = nn.Linear(hidden[-1], latent_dim)
+        self.decoder = mlp([latent_dim] + hidden[::-1] + [input_dim], activation)
+        if likelihood == "gaussian":
+            # One learned log-std per pixel, shared by all examples (a homoscedastic Gaussian decoder).
+            self.log_std = nn.Parameter(torch.zeros(input_dim))
+
+    def encode(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.encoder(batch["x"])
+        return self.mu_head(h), self.logvar_head(h)
+
+    def log_likelihood(self, batch: Batch, z: torch.Tensor) -> torch.Tensor:
+        out = self.decoder(z)                      # [S, B, input_dim]
+        x = batch["x"].unsqueeze(0).expand_as(out)
+        if self.likelihood == "bernoulli":
+            # Grey levels in [0,1] are accepted as soft targets, as pytorch/examples does.
+            return -F.binary_cross_entropy_with_logits(out, x, reduction="none").sum(-1)
+        log_std = self.log_std.clamp(min=-7.0)
+        return (-0.5 * ((x - out) / log_std.exp()) ** 2 - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
+
+    def decode_mean(self, z: torch.Tensor) -> torch.Tensor:
+        out = self.decoder(z)
+        return torch.sigmoid(out) if self.likelihood == "bernoulli" else out.clamp(0.0, 1.0)
+
+
+class MLPAutoencoder(MLPVAE):
+    """The deterministic baseline: same networks, z is the encoder's mean, no noise and no KL."""
+
+    variational = False

@@ -1,0 +1,139 @@
+"""The one objective: the ELBO and its variants (β, KL annealing, free bits, IWAE), for every model.
+
+Conventions: all quantities are in nats per example (per image, sentence or sequence); the
+posterior is a diagonal Gaussian, the prior N(0, I).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from omegaconf import DictConfig
+
+from .data import Batch
+from .models import LatentModel
+
+LOG_2PI = math.log(2 * math.pi)
+
+
+def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL(N(mu, exp(logvar)) || N(0, I)) per dimension, same shape as mu."""
+    return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar)
+
+
+def gaussian_log_density(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """log N(z; mu, exp(logvar)) summed over the last dimension."""
+    return -0.5 * (LOG_2PI + logvar + (z - mu).pow(2) / logvar.exp()).sum(-1)
+
+
+def standard_normal_log_density(z: torch.Tensor) -> torch.Tensor:
+    return -0.5 * (LOG_2PI + z.pow(2)).sum(-1)
+
+
+def sample_posterior(mu: torch.Tensor, logvar: torch.Tensor, num_samples: int) -> torch.Tensor:
+    """Reparameterised samples z ~ q(z|x), shape [S, B, D]."""
+    eps = torch.randn((num_samples,) + tuple(mu.shape), device=mu.device, dtype=mu.dtype)
+    return mu + eps * (0.5 * logvar).exp()
+
+
+class KLSchedule:
+    """The weight on the KL term: beta * anneal(t), t counted in steps or epochs (fractional)."""
+
+    def __init__(self, beta: float, schedule: str, unit: str, start: float, end: float, warmup: float,
+                 n_cycles: int, ratio: float, total: float) -> None:
+        self.beta, self.schedule, self.unit = beta, schedule, unit
+        self.start, self.end, self.warmup = start, end, warmup
+        self.n_cycles, self.ratio, self.total = n_cycles, ratio, total
+
+    @classmethod
+    def from_config(cls, cfg: DictConfig, total_steps: int, steps_per_epoch: int) -> "KLSchedule":
+        a = cfg.kl_anneal
+        total = total_steps if a.unit == "steps" else total_steps / max(steps_per_epoch, 1)
+        return cls(cfg.beta, a.schedule, a.unit, a.start, a.end, a.warmup, a.n_cycles, a.ratio, total)
+
+    def anneal(self, t: float) -> float:
+        if self.schedule == "constant":
+            return self.end
+        if self.schedule == "linear":
+            frac = min(1.0, t / self.warmup) if self.warmup > 0 else 1.0
+            return self.start + (self.end - self.start) * frac
+        if self.schedule == "sigmoid":
+            # Bowman et al. 2016: a logistic ramp centred at warmup/2, within 0.7% of start/end at 0 and warmup.
+            frac = 1.0 / (1.0 + math.exp(-10.0 * (t / max(self.warmup, 1e-12) - 0.5)))
+            return self.start + (self.end - self.start) * frac
+        if self.schedule == "cyclical":
+            # Fu et al. 2019: n_cycles equal periods; rise linearly over the first `ratio` of each, then hold.
+            period = self.total / self.n_cycles
+            tau = (t % period) / period
+            return self.start + (self.end - self.start) * min(1.0, tau / self.ratio)
+        raise ValueError(f"unknown KL schedule {self.schedule!r}")
+
+    def __call__(self, step: int, steps_per_epoch: int) -> float:
+        t = step if self.unit == "steps" else step / max(steps_per_epoch, 1)
+        return self.beta * self.anneal(t)
+
+
+@dataclass
+class Terms:
+    """One minibatch's objective. `loss` is what is minimised; the rest are batch means in nats."""
+
+    loss: torch.Tensor
+    rec: torch.Tensor          # E_q[log p(x|z)]
+    kl: torch.Tensor           # KL(q||p), summed over dims
+    kl_per_dim: torch.Tensor   # [D]
+    neg_elbo: torch.Tensor
+    aux: torch.Tensor
+    mu: torch.Tensor | None
+
+
+class Objective:
+    def __init__(self, cfg: DictConfig, total_steps: int, steps_per_epoch: int) -> None:
+        self.iw_samples = int(cfg.iw_samples)
+        self.free_bits_per_dim = float(cfg.free_bits.per_dim)
+        self.free_bits_total = float(cfg.free_bits.total)
+        self.schedule = KLSchedule.from_config(cfg, total_steps, steps_per_epoch)
+        self.steps_per_epoch = steps_per_epoch
+
+    def kl_weight(self, step: int) -> float:
+        return self.schedule(step, self.steps_per_epoch)
+
+    def __call__(self, model: LatentModel, batch: Batch, step: int) -> Terms:
+        weight = self.kl_weight(step)
+        if model.latent_dim == 0:  # a plain autoregressive model: the exact likelihood
+            rec = model.log_likelihood(batch, None)[0]
+            zero = rec.new_zeros(())
+            return Terms(-rec.mean(), rec.mean(), zero, rec.new_zeros(0), -rec.mean(), zero, None)
+        mu, logvar = model.encode(batch)
+        if not model.variational:
+            z = mu.unsqueeze(0)
+            rec = model.log_likelihood(batch, z)[0]
+            aux = model.aux_loss(batch, mu)
+            zero = rec.new_zeros(())
+            return Terms((-rec + aux).mean(), rec.mean(), zero, mu.new_zeros(mu.shape[1]), -rec.mean(),
+                         aux.mean(), mu)
+        kl_dims = gaussian_kl(mu, logvar)                     # [B, D]
+        kl_per_dim = kl_dims.mean(0)
+        kl = kl_dims.sum(1)                                   # [B]
+        if self.iw_samples > 1:
+            z = sample_posterior(mu, logvar, self.iw_samples)
+            log_px = model.log_likelihood(batch, z)           # [k, B]
+            # The annealing weight scales log p(z) - log q(z|x) inside the importance weights.
+            log_ratio = standard_normal_log_density(z) - gaussian_log_density(z, mu, logvar)
+            log_w = log_px + weight * log_ratio
+            bound = torch.logsumexp(log_w, 0) - math.log(self.iw_samples)
+            rec = log_px.mean(0)
+            aux = model.aux_loss(batch, z[0])
+            loss = (-bound + aux).mean()
+        else:
+            z = sample_posterior(mu, logvar, 1)
+            rec = model.log_likelihood(batch, z)[0]
+            aux = model.aux_loss(batch, z[0])
+            kl_term = kl.mean()
+            if self.free_bits_per_dim > 0:
+                kl_term = kl_per_dim.clamp(min=self.free_bits_per_dim).sum()
+            if self.free_bits_total > 0:
+                kl_term = kl_term.clamp(min=self.free_bits_total)
+            loss = -rec.mean() + weight * kl_term + aux.mean()
+        neg_elbo = (kl - rec).mean()
+        return Terms(loss, rec.mean(), kl.mean(), kl_per_dim.detach(), neg_elbo, aux.mean(), mu.detach())

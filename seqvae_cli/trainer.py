@@ -1,0 +1,297 @@
+"""The one trainer, used by every model and data type.
+
+Per epoch: shuffle, step through batches, log to TensorBoard, validate, checkpoint. Checkpoints hold
+every RNG state, so a killed run continued with trainer.resume=true reproduces the uninterrupted
+run exactly on CPU.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.tensorboard import SummaryWriter
+from torch.utils.tensorboard.summary import hparams as hparams_summary
+from tqdm import tqdm
+
+from . import visuals
+from .checkpoint import FORMAT, build, load_checkpoint, load_model_state, save_atomic
+from .config import setup_device
+from .errors import SeqvaeError
+from .evaluate import evaluate, public
+from .models import LatentModel
+from .objective import Objective
+
+log = logging.getLogger("seqvae")
+
+# Settings a resumed run takes from the command line; everything else comes from the checkpoint's config.
+CARRIED_OVER = ("trainer.resume", "trainer.max_epochs", "trainer.max_steps", "trainer.progress_bar",
+                "trainer.test", "trainer.test_iw_samples", "trainer.log_visuals", "device", "paths",
+                "data.data_dir")
+RESUMABLE_OVERRIDES = CARRIED_OVER + ("run_dir", "hydra")
+
+
+def make_optimizer(model: LatentModel, cfg: DictConfig) -> torch.optim.Optimizer:
+    cls = torch.optim.Adam if cfg.name == "adam" else torch.optim.AdamW
+    return cls(model.parameters(), lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay)
+
+
+def lr_factor(cfg: DictConfig, step: int, total_steps: int, steps_per_epoch: int) -> float:
+    """Multiplier on optim.lr at `step`: optional linear warm-up times the schedule."""
+    warm = min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps > 0 else 1.0
+    epoch = step // max(steps_per_epoch, 1)
+    if cfg.lr_schedule == "cosine":
+        floor = cfg.lr_min / cfg.lr
+        sched = floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / max(total_steps, 1)))
+    elif cfg.lr_schedule == "step":
+        sched = cfg.lr_gamma ** (epoch // cfg.lr_step_epochs)
+    elif cfg.lr_schedule == "exponential":
+        sched = cfg.lr_gamma ** epoch
+    else:
+        sched = 1.0
+    return warm * sched
+
+
+def merge_resumed_config(cfg: DictConfig, stored: DictConfig, overrides: list[str], path: Path) -> DictConfig:
+    """The checkpoint's config wins; an explicit override that contradicts it is an error, not silently dropped."""
+    for item in overrides:
+        key = item.split("=", 1)[0].lstrip("+~")
+        if key.startswith(RESUMABLE_OVERRIDES):
+            continue
+        now, then = OmegaConf.select(cfg, key), OmegaConf.select(stored, key)
+        as_plain = lambda v: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v
+        if as_plain(now) != as_plain(then):
+            raise SeqvaeError(f"cannot resume from {path}: it was trained with {key}={as_plain(then)!r} but this "
+                              f"command asks for {key}={as_plain(now)!r}; drop that override to continue the run, "
+                              f"or start a new run without trainer.resume")
+    merged = stored.copy()
+    for key in CARRIED_OVER:
+        if OmegaConf.select(cfg, key) is not None:
+            OmegaConf.update(merged, key, OmegaConf.select(cfg, key), force_add=True)
+    return merged
+
+
+def find_resume_state(cfg: DictConfig, run_dir: Path) -> tuple[dict | None, Path | None]:
+    resume = cfg.trainer.resume
+    last = run_dir / "checkpoints" / "last.pt"
+    if resume is False:
+        if last.exists():
+            raise SeqvaeError(f"{run_dir} already holds a run ({last}); add trainer.resume=true to continue it, "
+                              f"or leave run_dir unset for a fresh run directory")
+        return None, None
+    path = last if resume is True else Path(resume)
+    if resume is True and not path.exists():
+        raise SeqvaeError(f"trainer.resume=true but {path} does not exist; pass run_dir=<the run to continue> "
+                          f"(a folder with checkpoints/last.pt) or trainer.resume=<path/to/checkpoint.pt>")
+    return load_checkpoint(path), path
+
+
+class Trainer:
+    def __init__(self, cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) -> None:
+        self.run_dir = run_dir
+        state, path = find_resume_state(cfg, run_dir)
+        if state is not None:
+            cfg = merge_resumed_config(cfg, OmegaConf.create(state["config"]), overrides or [], path)
+            log.info("resuming from %s (epoch %d, step %d)", path, state["epoch"], state["step"])
+        self.cfg, self.resume_state = cfg, state
+        tc = cfg.trainer
+        self.device = setup_device(cfg.device)
+        torch.manual_seed(tc.seed)
+        self.dm, self.model = build(cfg, self.device, state.get("data_state") if state else None)
+        self.optimizer = make_optimizer(self.model, cfg.optim)
+        self.steps_per_epoch = self.dm.num_train_batches(tc.limit_train_batches)
+        by_epochs = tc.max_epochs * self.steps_per_epoch
+        self.total_steps = min(by_epochs, tc.max_steps) if tc.max_steps > 0 else by_epochs
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: lr_factor(cfg.optim, s, self.total_steps, self.steps_per_epoch))
+        self.objective = Objective(cfg.objective, self.total_steps, self.steps_per_epoch)
+        self.shuffle_gen = torch.Generator().manual_seed(tc.seed + 1)
+        self.data_gen = torch.Generator(device=self.device).manual_seed(tc.seed + 2)
+        self.step, self.epoch = 0, 0
+        self.best_value, self.best_val, self.best_epoch = math.inf, {}, -1
+        self.optimized_metric = str(cfg.optimized_metric)
+        if state is not None:
+            self.restore(state, path)
+        self.writer = SummaryWriter(str(run_dir / "tb"), purge_step=self.step if state is not None else None)
+
+    # ---------------------------------------------------------------------------- checkpoint state
+    def state(self) -> dict:
+        return {
+            "format": FORMAT,
+            "config": OmegaConf.to_container(self.cfg, resolve=True),
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "step": self.step, "epoch": self.epoch,
+            "best": {"value": self.best_value, "epoch": self.best_epoch, "val": self.best_val},
+            "rng": {"torch": torch.get_rng_state(), "shuffle": self.shuffle_gen.get_state(),
+                    "data": self.data_gen.get_state(),
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+            "data_state": self.dm.state_dict(),
+        }
+
+    def restore(self, state: dict, path: Path) -> None:
+        load_model_state(self.model, state, path)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.step, self.epoch = state["step"], state["epoch"]
+        best = state["best"]
+        self.best_value, self.best_epoch, self.best_val = best["value"], best["epoch"], best["val"]
+        torch.set_rng_state(state["rng"]["torch"])
+        self.shuffle_gen.set_state(state["rng"]["shuffle"])
+        self.data_gen.set_state(state["rng"]["data"].to(self.data_gen.device) if self.device.type != "cpu"
+                                else state["rng"]["data"])
+        if state["rng"]["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+
+    # ---------------------------------------------------------------------------------- training
+    def fit(self) -> dict:
+        tc = self.cfg.trainer
+        started = time.time()
+        self.writer.add_text("config", "```\n" + OmegaConf.to_yaml(self.cfg) + "\n```", 0)
+        while self.epoch < tc.max_epochs and self.step < self.total_steps:
+            self.train_epoch()
+            self.epoch += 1
+            if self.epoch % tc.val_every == 0 or self.epoch >= tc.max_epochs or self.step >= self.total_steps:
+                self.validate()
+            save_atomic(self.state(), self.run_dir / "checkpoints" / "last.pt")
+        if self.best_epoch < 0:  # resumed a finished run, or no validation happened
+            self.validate()
+        result = {"optimized_metric": self.optimized_metric, "optimized_value": self.best_value,
+                  "best_epoch": self.best_epoch, "epochs": self.epoch, "steps": self.step,
+                  "train_seconds_this_session": round(time.time() - started, 1), "val": self.best_val}
+        if tc.test:
+            result["test"] = self.test()
+        (self.run_dir / "metrics.json").write_text(json.dumps(result, indent=2))
+        self.log_hparams(result)
+        if tc.log_visuals:
+            visuals.end_of_training(self.model, self.dm, self.run_dir / "samples", self.writer, self.step)
+        self.writer.close()
+        return result
+
+    def train_epoch(self) -> None:
+        tc = self.cfg.trainer
+        self.model.train()
+        sums = {"loss": 0.0, "neg_elbo": 0.0}
+        n = 0
+        bar = tqdm(self.dm.train_batches(self.shuffle_gen, self.data_gen, tc.limit_train_batches),
+                   total=self.steps_per_epoch, desc=f"epoch {self.epoch + 1}/{tc.max_epochs}",
+                   disable=not tc.progress_bar, leave=False, mininterval=0.5)
+        for batch in bar:
+            if self.step >= self.total_steps:
+                break
+            terms = self.objective(self.model, batch, self.step)
+            if not torch.isfinite(terms.loss):
+                raise SeqvaeError(
+                    f"loss became {float(terms.loss)} at step {self.step} (epoch {self.epoch + 1}); training stopped. "
+                    f"{self.run_dir / 'checkpoints' / 'last.pt'} keeps the last good state. Lower optim.lr or set "
+                    f"optim.grad_clip (e.g. 5.0), then continue with trainer.resume=true or start again")
+            self.optimizer.zero_grad(set_to_none=True)
+            terms.loss.backward()
+            if self.cfg.optim.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip)
+            self.optimizer.step()
+            self.scheduler.step()
+            loss = terms.loss.item()
+            sums["loss"] += loss
+            sums["neg_elbo"] += float(terms.neg_elbo)
+            n += 1
+            if self.step % tc.log_every == 0:
+                self.log_train(terms, loss)
+            self.step += 1
+            bar.set_postfix(loss=f"{sums['loss'] / n:.3f}", refresh=False)
+        bar.close()
+        if n:
+            log.info("epoch %d: train loss %.4f, -elbo %.4f (%d steps)", self.epoch + 1, sums["loss"] / n,
+                     sums["neg_elbo"] / n, self.step)
+
+    def log_train(self, terms, loss: float) -> None:
+        w, s = self.writer, self.step
+        w.add_scalar("train/loss", loss, s)
+        w.add_scalar("train/rec", -float(terms.rec), s)
+        w.add_scalar("train/kl", float(terms.kl), s)
+        w.add_scalar("train/neg_elbo", float(terms.neg_elbo), s)
+        w.add_scalar("train/kl_weight", self.objective.kl_weight(s), s)
+        w.add_scalar("train/lr", self.optimizer.param_groups[0]["lr"], s)
+        if float(terms.aux) != 0.0:
+            w.add_scalar("train/aux", float(terms.aux), s)
+
+    def validate(self) -> dict:
+        tc = self.cfg.trainer
+        metrics = evaluate(self.model, self.dm, "val", limit=tc.limit_val_batches, with_mutual_info=False)
+        w, s = self.writer, self.step
+        weight = self.objective.kl_weight(max(s - 1, 0))
+        metrics["loss"] = metrics["rec"] + weight * metrics.get("kl", 0.0)
+        for key, value in public(metrics).items():
+            if isinstance(value, (int, float)) and key not in ("num_examples",):
+                w.add_scalar(f"val/{key}", value, s)
+        w.add_scalar("val/kl_weight", weight, s)
+        w.add_scalar("val/lr", self.optimizer.param_groups[0]["lr"], s)
+        if "_mu" in metrics:
+            w.add_histogram("val/posterior_mean", metrics["_mu"], s)
+        if "_kl_per_dim" in metrics:
+            w.add_histogram("val/kl_per_dim", metrics["_kl_per_dim"], s)
+        if tc.log_visuals:
+            visuals.during_training(self.model, self.dm, w, s)
+        key = self.optimized_metric.split("/", 1)[-1]
+        if key not in metrics:
+            raise SeqvaeError(f"optimized_metric={self.optimized_metric!r} is not a validation metric of this "
+                              f"model; choose one of {sorted('val/' + k for k in public(metrics))}")
+        value = float(metrics[key])
+        summary = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
+                            for k, v in public(metrics).items() if k not in ("split",))
+        log.info("epoch %d validation: %s", self.epoch, summary)
+        if value < self.best_value:
+            self.best_value, self.best_epoch = value, self.epoch
+            self.best_val = {k: v for k, v in public(metrics).items()}
+            save_atomic(self.state(), self.run_dir / "checkpoints" / "best.pt")
+        return metrics
+
+    def test(self) -> dict:
+        tc = self.cfg.trainer
+        best = load_checkpoint(self.run_dir / "checkpoints" / "best.pt", map_location=self.device)
+        load_model_state(self.model, best, self.run_dir / "checkpoints" / "best.pt")
+        torch.manual_seed(tc.seed)  # the test pass draws samples: make it the same for a resumed run
+        metrics = evaluate(self.model, self.dm, "test", iw_samples=tc.test_iw_samples)
+        for key, value in public(metrics).items():
+            if isinstance(value, (int, float)):
+                self.writer.add_scalar(f"test/{key}", value, self.step)
+        log.info("test (best checkpoint, epoch %d): %s", self.best_epoch, public(metrics))
+        return public(metrics)
+
+    def log_hparams(self, result: dict) -> None:
+        """One HParams entry per run, in the run's own event file, so sweeps compare side by side."""
+        hp = {}
+        for group in ("model", "data", "objective", "optim"):
+            flat = _flatten(OmegaConf.to_container(self.cfg[group], resolve=True), group)
+            hp.update({k: v for k, v in flat.items() if not k.endswith(("_target_", "data_dir"))})
+        hp["trainer.seed"] = self.cfg.trainer.seed
+        metric_dict = {f"hparam/best_{self.optimized_metric.replace('/', '_')}": result["optimized_value"]}
+        for key in ("neg_elbo", "iw_nll", "rec", "kl", "active_units", "mutual_info", "nll", "ppl"):
+            if key in result.get("test", {}):
+                metric_dict[f"hparam/test_{key}"] = result["test"][key]
+        exp, ssi, sei = hparams_summary(hp, metric_dict)
+        fw = self.writer._get_file_writer()
+        for summary in (exp, ssi, sei):
+            fw.add_summary(summary)
+        for key, value in metric_dict.items():
+            self.writer.add_scalar(key, value, self.step)
+
+
+def _flatten(tree: dict, prefix: str) -> dict:
+    out = {}
+    for key, value in tree.items():
+        name = f"{prefix}.{key}"
+        if isinstance(value, dict):
+            out.update(_flatten(value, name))
+        elif isinstance(value, (list, tuple)):
+            out[name] = str(list(value))
+        elif value is None:
+            out[name] = "null"
+        else:
+            out[name] = value
+    return out
