@@ -10,7 +10,7 @@ import math
 import torch
 from tqdm import tqdm
 
-from .data import Batch, DataModule
+from .data import Batch, DataModule, batch_limit
 from .models import LatentModel
 from .objective import (gaussian_kl, gaussian_log_density, sample_posterior,
                         standard_normal_log_density, LOG_2PI)
@@ -69,7 +69,7 @@ def evaluate(model: LatentModel, dm: DataModule, split: str, iw_samples: int = 0
     mus, logvars, kl_dims = [], [], []
     batches = dm.eval_batches(split, batch_size, limit)
     if progress:
-        total = math.ceil(dm.num_examples(split) / (batch_size or dm.eval_batch_size))
+        total = batch_limit(limit, math.ceil(dm.num_examples(split) / (batch_size or dm.eval_batch_size)))
         batches = tqdm(batches, total=total, desc=f"eval {split}", leave=False)
     for batch in batches:
         b = batch["x"].shape[0]

@@ -173,7 +173,8 @@ class Trainer:
         self.writer.close()
         return result
 
-    def train_epoch(self) -> None:
+    def train_epoch(self) -> dict:
+        """One pass over the training batches; returns the epoch's mean loss and -ELBO."""
         tc = self.cfg.trainer
         self.model.train()
         sums = {"loss": 0.0, "neg_elbo": 0.0}
@@ -205,9 +206,11 @@ class Trainer:
             self.step += 1
             bar.set_postfix(loss=f"{sums['loss'] / n:.3f}", refresh=False)
         bar.close()
+        means = {k: v / max(n, 1) for k, v in sums.items()}
         if n:
-            log.info("epoch %d: train loss %.4f, -elbo %.4f (%d steps)", self.epoch + 1, sums["loss"] / n,
-                     sums["neg_elbo"] / n, self.step)
+            log.info("epoch %d: train loss %.4f, -elbo %.4f (%d steps)", self.epoch + 1, means["loss"],
+                     means["neg_elbo"], self.step)
+        return means
 
     def log_train(self, terms, loss: float) -> None:
         w, s = self.writer, self.step
