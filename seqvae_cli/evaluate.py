@@ -34,17 +34,20 @@ def iw_log_likelihood(model: LatentModel, batch: Batch, num_samples: int, rows_p
 
 
 @torch.no_grad()
-def mutual_information(mu: torch.Tensor, logvar: torch.Tensor, chunk: int = 64) -> float:
+def mutual_information(mu: torch.Tensor, logvar: torch.Tensor, chunk: int = 1024) -> float:
     """I(x;z) under q(x,z) = p_data(x) q(z|x), the estimator of Hoffman & Johnson 2016 / He et al. 2019:
     E_x[-H(q(z|x))] - E_{x, z~q(z|x)}[log q(z)], with the aggregate posterior q(z) a mixture over the split."""
     n, d = mu.shape
     neg_entropy = (-0.5 * d * LOG_2PI - 0.5 * (1.0 + logvar).sum(-1)).mean()
     z = sample_posterior(mu, logvar, 1)[0]
+    # log N(z_i; mu_j, var_j) for all pairs as matrix products: the [N, N, D] tensor is never built.
+    inv_var = (-logvar).exp()
+    const = ((mu.pow(2) * inv_var).sum(1) + logvar.sum(1) + d * LOG_2PI)  # [N]
     log_qz = []
     for i in range(0, n, chunk):
-        zi = z[i:i + chunk].unsqueeze(1)                                   # [c, 1, D]
-        log_q = gaussian_log_density(zi, mu.unsqueeze(0), logvar.unsqueeze(0))  # [c, N]
-        log_qz.append(torch.logsumexp(log_q, 1) - math.log(n))
+        zi = z[i:i + chunk]
+        quad = zi.pow(2) @ inv_var.T - 2.0 * zi @ (mu * inv_var).T + const   # [c, N]
+        log_qz.append(torch.logsumexp(-0.5 * quad, 1) - math.log(n))
     return float(neg_entropy - torch.cat(log_qz).mean())
 
 
@@ -65,15 +68,16 @@ def evaluate(model: LatentModel, dm: DataModule, split: str, iw_samples: int = 0
     was_training = model.training
     model.eval()
     sums = {"rec": 0.0, "kl": 0.0, "iw_ll": 0.0}
-    n = 0
+    n, tokens = 0, 0
     mus, logvars, kl_dims = [], [], []
     batches = dm.eval_batches(split, batch_size, limit)
     if progress:
         total = batch_limit(limit, math.ceil(dm.num_examples(split) / (batch_size or dm.eval_batch_size)))
         batches = tqdm(batches, total=total, desc=f"eval {split}", leave=False)
     for batch in batches:
-        b = batch["x"].shape[0]
-        n += b
+        n += batch["x"].shape[0]
+        if "lengths" in batch:  # text: tokens counted for perplexity (each sentence's </eos>, never <sos>)
+            tokens += int(batch["lengths"].sum())
         if model.latent_dim == 0:
             sums["rec"] += float(model.log_likelihood(batch, None)[0].sum())
             continue
@@ -92,8 +96,12 @@ def evaluate(model: LatentModel, dm: DataModule, split: str, iw_samples: int = 0
         sums["rec"] += float(model.log_likelihood(batch, z)[0].sum())
     model.train(was_training)
     out: dict = {"split": split, "num_examples": n, "rec": -sums["rec"] / n}
+    if tokens:
+        out["num_tokens"] = tokens
     if model.latent_dim == 0:
         out["nll"] = out["neg_elbo"] = -sums["rec"] / n
+        if tokens:
+            out["ppl"] = math.exp(-sums["rec"] / tokens)
         return out
     mu_all = torch.cat(mus)
     out["active_units"] = active_units(mu_all)
@@ -103,9 +111,13 @@ def evaluate(model: LatentModel, dm: DataModule, split: str, iw_samples: int = 0
     out["kl"] = sums["kl"] / n
     out["neg_elbo"] = out["rec"] + out["kl"]
     out["_kl_per_dim"] = torch.stack(kl_dims).sum(0) / n
+    if tokens:  # perplexity = exp(total NLL / total tokens); the ELBO gives an upper bound on it
+        out["ppl_elbo"] = math.exp(out["neg_elbo"] * n / tokens)
     if iw_samples > 0:
         out["iw_nll"] = -sums["iw_ll"] / n
         out["iw_samples"] = iw_samples
+        if tokens:
+            out["ppl"] = math.exp(out["iw_nll"] * n / tokens)
     if with_mutual_info:
         out["mutual_info"] = mutual_information(mu_all, torch.cat(logvars))
     return out

@@ -6,7 +6,7 @@ Interface every model implements (the trainer, evaluator and sampler use nothing
   encode(batch)         -> (mu, logvar), each [B, D]: the Gaussian posterior q(z|x)
   log_likelihood(batch, z) with z [S, B, D] -> log p(x|z), [S, B], in nats per example
   decode_mean(z)        -> the decoder's mean output, for pictures
-  aux_loss(batch, z)    -> an extra per-example loss (e.g. bag-of-words), [B]; zeros by default
+  bag_of_words_nll(batch, z) (optional) -> [B], for objective.bow_weight > 0
 """
 from __future__ import annotations
 
@@ -34,9 +34,6 @@ class LatentModel(nn.Module):
 
     def decode_mean(self, z: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
-
-    def aux_loss(self, batch: Batch, z: torch.Tensor) -> torch.Tensor:
-        return torch.zeros(batch["x"].shape[0], device=batch["x"].device)
 
 
 def mlp(sizes: list[int], activation: str) -> nn.Sequential:

@@ -12,6 +12,7 @@ import torch
 from omegaconf import DictConfig
 
 from .data import Batch
+from .errors import SeqvaeError
 from .models import LatentModel
 
 LOG_2PI = math.log(2 * math.pi)
@@ -94,6 +95,16 @@ class Objective:
         self.free_bits_total = float(cfg.free_bits.total)
         self.schedule = KLSchedule.from_config(cfg, total_steps, steps_per_epoch)
         self.steps_per_epoch = steps_per_epoch
+        self.bow_weight = float(cfg.get("bow_weight", 0.0))
+
+    def aux_loss(self, model: LatentModel, batch: Batch, z: torch.Tensor) -> torch.Tensor:
+        """Auxiliary per-example loss: the bag-of-words term of Zhao et al. 2017 when bow_weight > 0."""
+        if self.bow_weight <= 0:
+            return z.new_zeros(z.shape[0])
+        if not hasattr(model, "bag_of_words_nll"):
+            raise SeqvaeError(f"objective.bow_weight={self.bow_weight} needs a model with a bag-of-words head "
+                              f"(model=lstm_vae); set objective.bow_weight=0 for {type(model).__name__}")
+        return self.bow_weight * model.bag_of_words_nll(batch, z)
 
     def kl_weight(self, step: int) -> float:
         return self.schedule(step, self.steps_per_epoch)
@@ -108,7 +119,7 @@ class Objective:
         if not model.variational:
             z = mu.unsqueeze(0)
             rec = model.log_likelihood(batch, z)[0]
-            aux = model.aux_loss(batch, mu)
+            aux = self.aux_loss(model, batch, mu)
             zero = rec.new_zeros(())
             return Terms((-rec + aux).mean(), rec.mean(), zero, mu.new_zeros(mu.shape[1]), -rec.mean(),
                          aux.mean(), mu)
@@ -123,12 +134,12 @@ class Objective:
             log_w = log_px + weight * log_ratio
             bound = torch.logsumexp(log_w, 0) - math.log(self.iw_samples)
             rec = log_px.mean(0)
-            aux = model.aux_loss(batch, z[0])
+            aux = self.aux_loss(model, batch, z[0])
             loss = (-bound + aux).mean()
         else:
             z = sample_posterior(mu, logvar, 1)
             rec = model.log_likelihood(batch, z)[0]
-            aux = model.aux_loss(batch, z[0])
+            aux = self.aux_loss(model, batch, z[0])
             kl_term = kl.mean()
             if self.free_bits_per_dim > 0:
                 kl_term = kl_per_dim.clamp(min=self.free_bits_per_dim).sum()

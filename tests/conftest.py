@@ -1,0 +1,99 @@
+"""Shared setup of the test suite.
+
+* SEQVAE_DATA_DIR is made absolute ONCE, here, at import time (CI sets it to the relative path
+  ../shared/data): every subprocess below runs in a temporary working directory, where a relative
+  path would point elsewhere.
+* `run_seqvae` runs the installed console script `seqvae` in a subprocess.
+* `smoke_run` trains one tiny real-MNIST run (debug=smoke) shared by the whole session.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+CONF_DIR = REPO / "conf"
+MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+               "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+
+if os.environ.get("SEQVAE_DATA_DIR"):
+    os.environ["SEQVAE_DATA_DIR"] = str(Path(os.environ["SEQVAE_DATA_DIR"]).expanduser().resolve())
+DATA_DIR = Path(os.environ["SEQVAE_DATA_DIR"]) if os.environ.get("SEQVAE_DATA_DIR") else None
+
+SEQVAE = shutil.which("seqvae") or str(Path(sys.executable).with_name("seqvae"))
+
+
+def mnist_available() -> bool:
+    return DATA_DIR is not None and all((DATA_DIR / "MNIST" / "raw" / f).is_file() for f in MNIST_FILES)
+
+
+@pytest.fixture(scope="session")
+def mnist_data_dir() -> Path:
+    """The absolute data root holding MNIST/raw; tests that train on real MNIST need it."""
+    if DATA_DIR is None:
+        pytest.skip("SEQVAE_DATA_DIR is not set: it must point to the folder holding MNIST/raw/")
+    if not mnist_available():
+        pytest.fail(f"SEQVAE_DATA_DIR={DATA_DIR} does not hold MNIST/raw/{{{','.join(MNIST_FILES)}}}")
+    return DATA_DIR
+
+
+def seqvae_env(warnings: bool = False, **extra: str) -> dict:
+    """The environment of a `seqvae` subprocess. Library warnings are silenced (warnings=False) so that
+    a deprecation notice of some torch version cannot break a check on the error line; one test keeps
+    them on to check that seqvae's own code warns about nothing."""
+    env = dict(os.environ)
+    env.pop("HYDRA_FULL_ERROR", None)     # the tests check the short error messages users see
+    env["OMP_NUM_THREADS"] = "1"          # 2 cores, one busy with another job: no thread contention
+    if warnings:
+        env.pop("PYTHONWARNINGS", None)
+    else:
+        env["PYTHONWARNINGS"] = "ignore"
+    env.update(extra)
+    return env
+
+
+def run_seqvae(args: list[str], cwd: Path, env: dict | None = None, timeout: float = 600
+               ) -> subprocess.CompletedProcess:
+    """Run `seqvae ARGS` in `cwd` (a temporary folder, so nothing lands in the repository)."""
+    return subprocess.run([SEQVAE, *map(str, args)], cwd=cwd, env=env or seqvae_env(), capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def error_lines(stderr: str) -> list[str]:
+    """The non-empty lines of stderr, without Python warnings that a library may print."""
+    return [ln for ln in stderr.splitlines() if ln.strip() and "Warning" not in ln]
+
+
+def describe(proc: subprocess.CompletedProcess) -> str:
+    return f"exit {proc.returncode}\n--- stdout\n{proc.stdout[-3000:]}\n--- stderr\n{proc.stderr[-3000:]}"
+
+
+def clone_run(src: Path, dst: Path) -> Path:
+    """Copy a trained run (checkpoints, config, metrics) so a test can change it without touching `src`."""
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("tb", "samples", "logs", "eval.json"))
+    return dst
+
+
+SMOKE_ARGS = ["debug=smoke", "trainer.progress_bar=false"]
+
+
+@dataclass
+class Run:
+    run_dir: Path
+    proc: subprocess.CompletedProcess
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory, mnist_data_dir) -> Run:
+    """`seqvae train debug=smoke` on real MNIST, once per session; tests must not modify it (clone_run)."""
+    work = tmp_path_factory.mktemp("smoke")
+    run_dir = work / "run"
+    proc = run_seqvae(["train", *SMOKE_ARGS, f"run_dir={run_dir}"], cwd=work, env=seqvae_env(warnings=True))
+    assert proc.returncode == 0, describe(proc)
+    return Run(run_dir, proc)

@@ -1,0 +1,206 @@
+"""Layer 1: every config group option composes with Hydra's compose API and passes validate().
+
+Options are discovered by listing conf/, so a new yaml file is covered without touching this file.
+Only the MNIST part of the product is checked here: options that need another data module (text,
+time series) are skipped with a reason; their own test files cover them.
+"""
+from __future__ import annotations
+
+import copy
+import inspect
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, RangeSweep
+from hydra.utils import get_class
+from omegaconf import OmegaConf
+
+from seqvae_cli.config import register_resolvers, validate
+from seqvae_cli.errors import SeqvaeError
+
+from conftest import CONF_DIR
+
+MNIST_TARGET = "seqvae_cli.data.MNISTData"
+# Groups Hydra itself owns or that are not knobs of an experiment.
+NOT_GROUPS = {"hydra"}
+
+
+def group_options() -> list[tuple[str, str]]:
+    found = []
+    for group in sorted(p for p in CONF_DIR.iterdir() if p.is_dir() and p.name not in NOT_GROUPS):
+        found += [(group.name, f.stem) for f in sorted(group.glob("*.yaml"))]
+    return found
+
+
+GROUP_OPTIONS = group_options()
+
+
+@pytest.fixture
+def hydra_conf():
+    register_resolvers()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        yield
+
+
+def compose_train(overrides: list[str]):
+    return compose("train", overrides=overrides, return_hydra_config=True)
+
+
+def needs_plugin(exc: Exception) -> bool:
+    text = str(exc)
+    return "hydra/sweeper" in text or "hydra/launcher" in text
+
+
+def mnist_model_compatible(model_cfg) -> bool:
+    """A model works on MNIST when the MNIST data module's kwargs (input_dim) plus its config build it."""
+    params = inspect.signature(get_class(model_cfg._target_)).parameters
+    required = {n for n, p in params.items() if p.default is p.empty
+                and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    return "input_dim" in params and required <= set(model_cfg.keys()) | {"input_dim"}
+
+
+def test_discovery_finds_the_mnist_groups():
+    """The listing really sees the config tree (a wrong CONF_DIR would make every test below vacuous)."""
+    found = set(GROUP_OPTIONS)
+    for expected in [("model", "mlp_vae"), ("model", "ae"), ("data", "mnist"), ("objective", "elbo"),
+                     ("objective", "iwae"), ("optim", "adam"), ("optim", "adamw"), ("device", "auto"),
+                     ("device", "cpu"), ("device", "cuda"), ("device", "mps"), ("experiment", "mnist_pe"),
+                     ("experiment", "mnist_nll"), ("experiment", "mnist_iwae"), ("debug", "smoke")]:
+        assert expected in found
+
+
+@pytest.mark.parametrize("group,option", GROUP_OPTIONS, ids=[f"{g}={o}" for g, o in GROUP_OPTIONS])
+def test_train_composes_with_every_option(hydra_conf, group, option):
+    try:
+        cfg = compose_train([f"{group}={option}"])
+    except Exception as exc:  # noqa: BLE001 - only a missing optional Hydra plugin is acceptable
+        if needs_plugin(exc):
+            pytest.skip(f"{group}={option} needs an optional Hydra plugin: {exc}")
+        raise
+    if cfg.data._target_ != MNIST_TARGET:
+        pytest.skip(f"{group}={option} uses {cfg.data._target_}, not MNIST (covered by the text/series tests)")
+    if group == "model" and not mnist_model_compatible(cfg.model):
+        pytest.skip(f"model={option} ({cfg.model._target_}) needs a text/series data module")
+    assert cfg.hydra.runtime.choices[group] == option
+    validate(cfg)
+    # The whole config resolves (interpolations, env resolver) except Hydra's own runtime-only nodes.
+    plain = OmegaConf.to_container(cfg, resolve=False)
+    plain.pop("hydra")
+    OmegaConf.to_container(OmegaConf.create(plain), resolve=True, throw_on_missing=True)
+
+
+@pytest.mark.parametrize("option", [o for g, o in GROUP_OPTIONS if g == "experiment"])
+def test_experiments_compose_with_the_smoke_debug(hydra_conf, option):
+    """What a user runs to try an experiment quickly: experiment=X debug=smoke."""
+    cfg = compose_train([f"experiment={option}", "debug=smoke"])
+    if cfg.data._target_ != MNIST_TARGET:
+        pytest.skip(f"experiment={option} is not an MNIST experiment")
+    validate(cfg)
+    assert cfg.trainer.limit_train_batches == 5  # debug is applied after the experiment
+
+
+def test_experiment_values(hydra_conf):
+    """The documented architectures of the MNIST experiments."""
+    pe = compose_train(["experiment=mnist_pe"])
+    assert list(pe.model.hidden_sizes) == [400] and pe.model.latent_dim == 20
+    assert pe.data.binarize == "none" and pe.trainer.max_epochs == 10 and pe.objective.iw_samples == 1
+    nll = compose_train(["experiment=mnist_nll"])
+    assert list(nll.model.hidden_sizes) == [512, 512] and nll.model.latent_dim == 50
+    assert nll.model.activation == "elu" and nll.objective.kl_anneal.schedule == "linear"
+    assert nll.optim.lr_schedule == "cosine"
+    iwae = compose_train(["experiment=mnist_iwae"])
+    assert iwae.objective.name == "iwae" and iwae.objective.iw_samples == 50
+    assert list(iwae.model.hidden_sizes) == [512, 512] and iwae.model.latent_dim == 50
+
+
+def test_model_group_options_are_what_they_say(hydra_conf):
+    assert compose_train(["model=ae"]).model._target_ == "seqvae_cli.models.MLPAutoencoder"
+    assert compose_train(["model=mlp_vae"]).model._target_ == "seqvae_cli.models.MLPVAE"
+    assert compose_train(["optim=adamw"]).optim.name == "adamw"
+    assert compose_train(["objective=iwae"]).objective.iw_samples > 1
+
+
+def test_default_train_config_is_the_mnist_vae(hydra_conf):
+    cfg = compose_train([])
+    validate(cfg)
+    assert cfg.data._target_ == MNIST_TARGET and cfg.model._target_ == "seqvae_cli.models.MLPVAE"
+    assert cfg.optimized_metric == "val/neg_elbo"
+
+
+@pytest.mark.parametrize("option", [o for g, o in GROUP_OPTIONS if g == "hparams_search"])
+def test_hparams_search_space_is_valid(hydra_conf, option):
+    """Every searched key exists, and every value the sweeper may pick passes validate()."""
+    try:
+        cfg = compose_train([f"hparams_search={option}"])
+    except Exception as exc:  # noqa: BLE001
+        if needs_plugin(exc):
+            pytest.skip(f"hparams_search={option} needs an optional Hydra plugin: {exc}")
+        raise
+    if cfg.data._target_ != MNIST_TARGET:
+        pytest.skip(f"hparams_search={option} does not search an MNIST model")
+    params = cfg.hydra.sweeper.get("params") or {}
+    assert params, f"hparams_search={option} searches nothing"
+    parser = OverridesParser.create()
+    for key, space in params.items():
+        assert OmegaConf.select(cfg, key, default="__absent__") != "__absent__", f"{key} is not a config key"
+        sweep = parser.parse_override(f"{key}={space}").value()
+        if isinstance(sweep, ChoiceSweep):
+            values = list(sweep.list)
+        elif isinstance(sweep, (IntervalSweep, RangeSweep)):
+            values = [sweep.start, sweep.stop if isinstance(sweep, RangeSweep) else sweep.end]
+        else:
+            values = [sweep]
+        for value in values:
+            trial = copy.deepcopy(cfg)
+            OmegaConf.update(trial, key, value)
+            validate(trial)
+
+
+@pytest.mark.parametrize("name", ["eval", "sample"])
+def test_eval_and_sample_compose(hydra_conf, name):
+    cfg = compose(name, overrides=[], return_hydra_config=True)
+    validate(cfg)
+    assert cfg.task_name == name and cfg.run_dir is None and cfg.checkpoint == "best"
+    for option in [o for g, o in GROUP_OPTIONS if g == "device"]:
+        validate(compose(name, overrides=[f"device={option}", "checkpoint=some/file.pt"]))
+
+
+@pytest.mark.parametrize("override,key", [
+    ("model.likelihood=poisson", "model.likelihood"),
+    ("model.activation=swish", "model.activation"),
+    ("model.latent_dim=0", "model.latent_dim"),
+    ("model.hidden_sizes=[]", "model.hidden_sizes"),
+    ("trainer.max_epochs=0", "trainer.max_epochs"),
+    ("trainer.max_epochs=1.5", "trainer.max_epochs"),
+    ("trainer.limit_train_batches=0", "trainer.limit_train_batches"),
+    ("trainer.limit_train_batches=1.5", "trainer.limit_train_batches"),
+    ("trainer.resume=maybe", "trainer.resume"),
+    ("optim.lr=0", "optim.lr"),
+    ("optim.lr_schedule=linear", "optim.lr_schedule"),
+    ("objective.kl_anneal.schedule=exp", "objective.kl_anneal.schedule"),
+    ("objective.kl_anneal.ratio=0", "objective.kl_anneal.ratio"),
+    ("objective.beta=-1", "objective.beta"),
+    ("data.binarize=otsu", "data.binarize"),
+    ("device.type=tpu", "device.type"),
+])
+def test_validate_refuses_bad_values(hydra_conf, override, key):
+    cfg = compose_train([override])
+    with pytest.raises(SeqvaeError) as info:
+        validate(cfg)
+    message = str(info.value)
+    assert key in message and "\n" not in message
+    assert "expected" in message
+
+
+@pytest.mark.parametrize("override", ["trainer.limit_train_batches=0.5", "trainer.limit_train_batches=1.0",
+                                      "trainer.limit_train_batches=3", "trainer.resume=true",
+                                      "trainer.resume=/some/run/checkpoints/last.pt", "trainer.max_steps=-1",
+                                      "model.likelihood=gaussian", "objective.kl_anneal.schedule=cyclical"])
+def test_validate_accepts_good_values(hydra_conf, override):
+    validate(compose_train([override]))
+
+
+def test_likelihood_message_lists_the_allowed_values(hydra_conf):
+    with pytest.raises(SeqvaeError, match="bernoulli, gaussian"):
+        validate(compose_train(["model.likelihood=poisson"]))
