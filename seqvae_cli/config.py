@@ -101,6 +101,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "objective.free_bits.per_dim": number(0),
     "objective.free_bits.total": number(0),
     "objective.bow_weight": number(0),
+    "objective.ae_pretrain_epochs": number(0, integer=True),
     "optim.name": one_of("adam", "adamw"),
     "optim.lr": number(0, lo_open=True),
     "optim.weight_decay": number(0),

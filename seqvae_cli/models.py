@@ -7,6 +7,7 @@ Interface every model implements (the trainer, evaluator and sampler use nothing
   log_likelihood(batch, z) with z [S, B, D] -> log p(x|z), [S, B], in nats per example
   decode_mean(z)        -> the decoder's mean output, for pictures
   bag_of_words_nll(batch, z) (optional) -> [B], for objective.bow_weight > 0
+  decoder_modules()     -> the modules re-initialised by reset_decoder() (Li et al. 2019's recipe)
 """
 from __future__ import annotations
 
@@ -34,6 +35,15 @@ class LatentModel(nn.Module):
 
     def decode_mean(self, z: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
+
+    def decoder_modules(self) -> list[nn.Module]:
+        raise NotImplementedError
+
+    def reset_decoder(self) -> None:
+        for module in self.decoder_modules():
+            for m in module.modules():
+                if hasattr(m, "reset_parameters"):
+                    m.reset_parameters()
 
 
 def mlp(sizes: list[int], activation: str) -> nn.Sequential:
@@ -80,6 +90,9 @@ class MLPVAE(LatentModel):
             return -F.binary_cross_entropy_with_logits(out, x, reduction="none").sum(-1)
         log_std = self.log_std.clamp(min=-7.0)
         return (-0.5 * ((x - out) / log_std.exp()) ** 2 - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
+
+    def decoder_modules(self) -> list[nn.Module]:
+        return [self.decoder]
 
     def decode_mean(self, z: torch.Tensor) -> torch.Tensor:
         out = self.decoder(z)

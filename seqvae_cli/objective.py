@@ -93,7 +93,9 @@ class Objective:
         self.iw_samples = int(cfg.iw_samples)
         self.free_bits_per_dim = float(cfg.free_bits.per_dim)
         self.free_bits_total = float(cfg.free_bits.total)
-        self.schedule = KLSchedule.from_config(cfg, total_steps, steps_per_epoch)
+        # Li et al. 2019: train as a plain autoencoder first, then reset the decoder (trainer.py) and anneal.
+        self.pretrain_steps = int(cfg.get("ae_pretrain_epochs", 0)) * steps_per_epoch
+        self.schedule = KLSchedule.from_config(cfg, total_steps - self.pretrain_steps, steps_per_epoch)
         self.steps_per_epoch = steps_per_epoch
         self.bow_weight = float(cfg.get("bow_weight", 0.0))
 
@@ -107,7 +109,9 @@ class Objective:
         return self.bow_weight * model.bag_of_words_nll(batch, z)
 
     def kl_weight(self, step: int) -> float:
-        return self.schedule(step, self.steps_per_epoch)
+        if step < self.pretrain_steps:
+            return 0.0
+        return self.schedule(step - self.pretrain_steps, self.steps_per_epoch)
 
     def __call__(self, model: LatentModel, batch: Batch, step: int) -> Terms:
         weight = self.kl_weight(step)
@@ -116,13 +120,17 @@ class Objective:
             zero = rec.new_zeros(())
             return Terms(-rec.mean(), rec.mean(), zero, rec.new_zeros(0), -rec.mean(), zero, None)
         mu, logvar = model.encode(batch)
-        if not model.variational:
+        if not model.variational or step < self.pretrain_steps:
             z = mu.unsqueeze(0)
             rec = model.log_likelihood(batch, z)[0]
             aux = self.aux_loss(model, batch, mu)
             zero = rec.new_zeros(())
+            if model.variational:  # autoencoder pre-training of a VAE: report its KL, do not train on it
+                kl_dims = gaussian_kl(mu, logvar).detach()
+                return Terms((-rec + aux).mean(), rec.mean(), kl_dims.sum(1).mean(), kl_dims.mean(0),
+                             (kl_dims.sum(1) - rec).mean(), aux.mean(), mu.detach())
             return Terms((-rec + aux).mean(), rec.mean(), zero, mu.new_zeros(mu.shape[1]), -rec.mean(),
-                         aux.mean(), mu)
+                         aux.mean(), mu.detach())
         kl_dims = gaussian_kl(mu, logvar)                     # [B, D]
         kl_per_dim = kl_dims.mean(0)
         kl = kl_dims.sum(1)                                   # [B]

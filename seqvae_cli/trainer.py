@@ -156,6 +156,10 @@ class Trainer:
         while self.epoch < tc.max_epochs and self.step < self.total_steps:
             self.train_epoch()
             self.epoch += 1
+            if self.step == self.objective.pretrain_steps and self.step > 0:
+                self.model.reset_decoder()
+                self.optimizer.state.clear()  # Adam's moments belonged to the old decoder
+                log.info("autoencoder pre-training done after epoch %d: decoder re-initialised", self.epoch)
             if self.epoch % tc.val_every == 0 or self.epoch >= tc.max_epochs or self.step >= self.total_steps:
                 self.validate()
             save_atomic(self.state(), self.run_dir / "checkpoints" / "last.pt")
@@ -248,7 +252,8 @@ class Trainer:
         summary = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
                             for k, v in public(metrics).items() if k not in ("split",))
         log.info("epoch %d validation: %s", self.epoch, summary)
-        if value < self.best_value:
+        # Checkpoints of the autoencoder pre-training phase (Li et al. 2019) are not candidates for best.pt.
+        if value < self.best_value and self.step > self.objective.pretrain_steps:
             self.best_value, self.best_epoch = value, self.epoch
             self.best_val = {k: v for k, v in public(metrics).items()}
             save_atomic(self.state(), self.run_dir / "checkpoints" / "best.pt")
