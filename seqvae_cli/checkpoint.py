@@ -12,6 +12,7 @@ import zipfile
 from pathlib import Path
 
 import torch
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -61,12 +62,25 @@ def resolve_checkpoint(run_dir: str | None, checkpoint: str) -> Path:
 
 def build(cfg: DictConfig, device: torch.device, data_state: dict | None = None) -> tuple[DataModule, LatentModel]:
     """Instantiate the data module (set up on `device`) and the model it shapes."""
-    dm: DataModule = instantiate(cfg.data, _convert_="all")
+    dm: DataModule = _instantiate(cfg.data)
     if data_state:
         dm.load_state_dict(data_state)
     dm.setup(device)
-    model: LatentModel = instantiate(cfg.model, _convert_="all", **dm.model_kwargs())
+    model: LatentModel = _instantiate(cfg.model, **dm.model_kwargs())
     return dm, model.to(device)
+
+
+def _instantiate(node: DictConfig, **kwargs):
+    """hydra.utils.instantiate, letting our own errors through unwrapped (Hydra would bury them in a traceback)."""
+    try:
+        return instantiate(node, _convert_="all", **kwargs)
+    except InstantiationException as exc:
+        cause = exc.__cause__
+        while cause is not None and not isinstance(cause, SeqvaeError):
+            cause = cause.__cause__
+        if cause is not None:
+            raise cause from None
+        raise
 
 
 def load_model_state(model: LatentModel, state: dict, path: Path | str) -> None:

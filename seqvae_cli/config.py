@@ -125,11 +125,16 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "checkpoint": (lambda v: v in ("best", "last") or (isinstance(v, str) and v.endswith(".pt")),
                    "best, last or a path to a .pt file"),
     "iw_samples": (lambda v: v is None or (isinstance(v, int) and v >= 1), "null or a positive integer"),
+    "iw_rows_per_chunk": (lambda v: v is None or (isinstance(v, int) and v >= 1), "null or a positive integer"),
+    "data.iw_rows_per_chunk": number(1, integer=True),
 }
 
 
 def validate(cfg: DictConfig, rules: dict = RULES) -> None:
-    """Raise SeqvaeError on the first value outside what its key allows."""
+    """Raise SeqvaeError on a required value left unset (???) or the first value outside what its key allows."""
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise SeqvaeError(f"config error: {missing[0]} is required but not set (set it with {missing[0]}=...)")
     for key, (ok, allowed) in rules.items():
         if OmegaConf.select(cfg, key, default="__absent__", throw_on_missing=False) == "__absent__":
             continue
@@ -139,6 +144,11 @@ def validate(cfg: DictConfig, rules: dict = RULES) -> None:
         if not ok(value):
             raise SeqvaeError(f"config error: {key}={value!r} is not allowed; expected {allowed} "
                               f"(fix it with the override {key}=...)")
+    pretrain = OmegaConf.select(cfg, "objective.ae_pretrain_epochs", default=0) or 0
+    epochs = OmegaConf.select(cfg, "trainer.max_epochs", default=None)
+    if epochs is not None and pretrain >= epochs:
+        raise SeqvaeError(f"config error: objective.ae_pretrain_epochs={pretrain} leaves no VAE epoch within "
+                          f"trainer.max_epochs={epochs}; lower the first or raise the second")
 
 
 def pick_device(kind: str) -> torch.device:

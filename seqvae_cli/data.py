@@ -38,6 +38,7 @@ class DataModule:
     batch_size: int
     eval_batch_size: int
     eval_iw_samples: int
+    iw_rows_per_chunk: int = 65536  # examples x importance samples scored at once in the IW pass
 
     def setup(self, device: torch.device) -> None:
         raise NotImplementedError
@@ -123,10 +124,11 @@ class MNISTData(DataModule):
 
     def __init__(self, data_dir: str, binarize: str = "dynamic", static_seed: int = 0,
                  num_val: int = 10000, batch_size: int = 128, eval_batch_size: int = 1000,
-                 eval_iw_samples: int = 5000, download: bool = True, name: str = "mnist") -> None:
+                 eval_iw_samples: int = 5000, iw_rows_per_chunk: int = 65536, download: bool = True,
+                 name: str = "mnist") -> None:
         self.data_dir, self.binarize, self.static_seed = data_dir, binarize, static_seed
         self.num_val, self.batch_size, self.eval_batch_size = num_val, batch_size, eval_batch_size
-        self.eval_iw_samples, self.download = eval_iw_samples, download
+        self.eval_iw_samples, self.iw_rows_per_chunk, self.download = eval_iw_samples, iw_rows_per_chunk, download
         self.image_shape = (1, 28, 28)
         self.splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 

@@ -121,10 +121,26 @@ def find_or_download_ptb(folder: Path, download: bool) -> None:
         except Exception as exc:  # no network, read-only folder, checksum mismatch, ...
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
             reason = f"download failed: {type(exc).__name__}: {first[:160]}"
+            _remove_corrupt(folder, missing)
     raise SeqvaeError(
         f"Penn Treebank not found: expected {', '.join(PTB_MD5)} in {folder} (missing {', '.join(missing)}; "
         f"{reason}). Put Mikolov's PTB split there or set paths.data_dir (or $SEQVAE_DATA_DIR) to the folder "
         f"that holds ptb/, or run the offline demo in the README (an experiment that needs no download).")
+
+
+def _remove_corrupt(folder: Path, names: list[str]) -> None:
+    """Delete what a failed download left behind, so the next run does not take it for the data."""
+    try:
+        from torchvision.datasets.utils import check_integrity
+    except ImportError:
+        return
+    for name in names:
+        path = folder / name
+        if path.is_file() and not check_integrity(str(path), PTB_MD5[name]):
+            try:
+                path.unlink()
+            except OSError:
+                pass
 
 
 def pad_ids(ids: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -183,3 +183,24 @@ def decode(model, z: torch.Tensor | None = None, n: int | None = None, strategy:
     if strategy == "beam":
         return beam_search(model, z, n, beam_width, max_len)
     raise SeqvaeError(f"decoding strategy {strategy!r} is not allowed; expected one of: {', '.join(STRATEGIES)}")
+
+
+# ------------------------------------------------------------------------------ helpers for samplers
+
+def to_text(dm, decoded: Decoded) -> list[str]:
+    """Decoded sequences as strings (dm: a TextData; stops at <eos>)."""
+    return [dm.decode_ids(row[:n]) for row, n in zip(decoded.tokens.tolist(), decoded.lengths.tolist())]
+
+
+def homotopy(z_from: torch.Tensor, z_to: torch.Tensor, steps: int) -> torch.Tensor:
+    """Points on the straight line between two latent codes [D] (Bowman et al.'s homotopies): [steps, D]."""
+    t = torch.linspace(0.0, 1.0, steps, device=z_from.device).unsqueeze(1)
+    return (1 - t) * z_from.unsqueeze(0) + t * z_to.unsqueeze(0)
+
+
+@torch.no_grad()
+def reconstruct(model, batch: dict, strategy: str = "greedy", max_len: int = 100, **kwargs) -> Decoded:
+    """Decode each sentence of a batch from its posterior mean."""
+    with _eval_mode(model):
+        mu, _ = model.encode(batch)
+    return decode(model, mu, strategy=strategy, max_len=max_len, **kwargs)

@@ -60,12 +60,13 @@ def active_units(mu: torch.Tensor, threshold: float = 0.01) -> int:
 
 @torch.no_grad()
 def evaluate(model: LatentModel, dm: DataModule, split: str, iw_samples: int = 0, limit: int | float | None = None,
-             batch_size: int | None = None, rows_per_chunk: int = 65536, with_mutual_info: bool = True,
+             batch_size: int | None = None, rows_per_chunk: int | None = None, with_mutual_info: bool = True,
              progress: bool = False) -> dict:
     """Score `split`: -ELBO, reconstruction, KL, IW-NLL (k=iw_samples, 0 = skip), active units, MI.
 
     Returns the metrics and, under "_mu"/"_kl_per_dim", tensors for histograms (not for JSON)."""
     was_training = model.training
+    rows_per_chunk = rows_per_chunk or dm.iw_rows_per_chunk
     model.eval()
     sums = {"rec": 0.0, "kl": 0.0, "iw_ll": 0.0}
     n, tokens = 0, 0

@@ -7,11 +7,14 @@ inputs and a Gaussian output head:
               projection (+ output dropout, optional weight tying) with a log-softmax
   RNNEncoder  any input features [B, T, F] + lengths -> a summary vector [B, H * directions]
   RNNDecoder  input features [B, T, F] + lengths (+ z) -> hidden states of the valid positions only,
-              packed as [num_tokens, H] with the example each one belongs to; and a one-step form
-              for decoding
+              gathered to [num_tokens, H] with the example each one belongs to (Positions); and a
+              one-step form for decoding
 
-Speed: encoder and decoder run on packed sequences, and the output projection + log-softmax are
-computed only at the non-pad positions (the packed states are already exactly those).
+Speed: the output projection + log-softmax (the bulk of the work with a 10k vocabulary) run only at
+the non-pad positions. The recurrences run on packed sequences on CUDA; on the CPU they run padded
+(PyTorch's packed CPU kernels are 1.5-2x slower, and length-bucketed batches carry little padding),
+which is exact for the causal decoder and a unidirectional encoder read at each sentence's last
+step; a bidirectional encoder is always packed. `packed: true|false` forces either.
 
 Decoder state convention (decoding.py relies on it): a tuple of tensors, each [layers, N, H].
 """
@@ -22,7 +25,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from torch.nn import functional as F
-from torch.nn.utils.rnn import pack_padded_sequence
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from .data import Batch
 from .errors import SeqvaeError
@@ -51,40 +54,53 @@ def _probability(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and 0.0 <= v < 1.0
 
 
-# ----------------------------------------------------------------------------------------- packing
+# --------------------------------------------------------------------------------------- positions
 
 @dataclass
-class Packing:
-    """How a padded batch [B, T, ...] maps to its valid positions [num_tokens, ...] (PyTorch's packed order)."""
+class Positions:
+    """The valid (non-pad) positions of a padded batch [B, T, ...], in row-major order: [num_tokens, ...]."""
 
-    order: torch.Tensor           # [B] examples sorted by decreasing length
-    sorted_lengths: torch.Tensor  # [B] on the CPU, as pack_padded_sequence wants them
-    rows: torch.Tensor            # [num_tokens] which example each packed position belongs to
-    batch_size: int
+    lengths: torch.Tensor     # [B]
+    rows: torch.Tensor        # [num_tokens] the example of each valid position
+    cols: torch.Tensor        # [num_tokens] its time step
+    width: int                # T
 
     @classmethod
-    def from_lengths(cls, lengths: torch.Tensor) -> "Packing":
-        lengths_cpu = lengths.detach().cpu()
-        sorted_lengths, order_cpu = torch.sort(lengths_cpu, descending=True, stable=True)
-        order = order_cpu.to(lengths.device)
-        packing = cls(order, sorted_lengths, order, len(lengths_cpu))
-        t = int(sorted_lengths[0]) if len(sorted_lengths) else 0
-        packing.rows = packing.pack(order.unsqueeze(1).expand(-1, t), sorted_input=True)
-        return packing
+    def from_lengths(cls, lengths: torch.Tensor, width: int | None = None) -> "Positions":
+        width = int(lengths.max()) if width is None else width
+        mask = torch.arange(width, device=lengths.device).unsqueeze(0) < lengths.unsqueeze(1)
+        rows, cols = mask.nonzero(as_tuple=True)
+        return cls(lengths, rows, cols, width)
 
-    def pack(self, padded: torch.Tensor, sorted_input: bool = False) -> torch.Tensor:
-        """[B, T, ...] (batch order) -> [num_tokens, ...] in packed order."""
-        if not sorted_input:
-            padded = padded.index_select(0, self.order)
-        return pack_padded_sequence(padded, self.sorted_lengths, batch_first=True, enforce_sorted=True).data
+    @property
+    def batch_size(self) -> int:
+        return self.lengths.shape[0]
 
-    def packed_sequence(self, padded: torch.Tensor) -> nn.utils.rnn.PackedSequence:
-        return pack_padded_sequence(padded.index_select(0, self.order), self.sorted_lengths,
-                                    batch_first=True, enforce_sorted=True)
+    def gather(self, padded: torch.Tensor) -> torch.Tensor:
+        """[B, T, ...] -> [num_tokens, ...]."""
+        return padded[self.rows, self.cols]
 
     def sum_per_example(self, values: torch.Tensor) -> torch.Tensor:
-        """[num_tokens] -> [B] (batch order)."""
+        """[num_tokens] -> [B]."""
         return values.new_zeros(self.batch_size).index_add_(0, self.rows, values)
+
+
+def run_rnn(rnn: nn.RNNBase, inputs: torch.Tensor, lengths: torch.Tensor, state, packed: bool):
+    """Run a batch-first RNN over padded inputs; packed=True hides the padding from it (needed when the
+    final state or a backward direction must stop/start at each sequence's own end). Returns the padded
+    outputs [B, T, H*dirs] and the final state (exact only when packed)."""
+    if not packed:
+        return rnn(inputs, state)
+    seq = pack_padded_sequence(inputs, lengths.detach().cpu(), batch_first=True, enforce_sorted=False)
+    out, final = rnn(seq, state)    # a given state is permuted to the sorted order by the module itself
+    out, _ = pad_packed_sequence(out, batch_first=True, total_length=inputs.shape[1])
+    return out, final
+
+
+def default_packing(device: torch.device) -> bool:
+    """Packed sequences on CUDA (cuDNN handles them natively); padded runs on the CPU, where PyTorch's
+    packed kernels are 1.5-2x slower than the padded ones at the small padding length-bucketed batches have."""
+    return device.type == "cuda"
 
 
 # --------------------------------------------------------------------------------------- token I/O
@@ -150,23 +166,24 @@ class RNNEncoder(nn.Module):
     """Reads [B, T, F] features of the given lengths; returns the last layer's final hidden state(s)."""
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bidirectional: bool = False,
-                 rnn: str = "lstm") -> None:
+                 rnn: str = "lstm", packed: bool | None = None) -> None:
         super().__init__()
-        self.rnn_type, self.num_layers = rnn, num_layers
+        self.rnn_type, self.num_layers, self.packed = rnn, num_layers, packed
         self.directions = 2 if bidirectional else 1
         self.rnn = RNNS[rnn](input_size, hidden_size, num_layers=num_layers, batch_first=True,
                              bidirectional=bidirectional)
         self.output_size = hidden_size * self.directions
 
-    def forward(self, inputs: torch.Tensor, lengths: torch.Tensor, packing: Packing | None = None) -> torch.Tensor:
-        packing = packing or Packing.from_lengths(lengths)
-        _, state = self.rnn(packing.packed_sequence(inputs))
-        h = state[0] if self.rnn_type == "lstm" else state            # [layers * dirs, B_sorted, H]
+    def forward(self, inputs: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        packed = default_packing(inputs.device) if self.packed is None else self.packed
+        # The backward direction must start at each sentence's own end: only packing does that.
+        packed = packed or self.directions == 2
+        out, state = run_rnn(self.rnn, inputs, lengths, None, packed)
+        if not packed:  # causal: the top layer's output at the last valid step is its final state
+            return out[torch.arange(out.shape[0], device=out.device), lengths - 1]
+        h = state[0] if self.rnn_type == "lstm" else state            # [layers * dirs, B, H], batch order
         h = h.view(self.num_layers, self.directions, h.shape[1], h.shape[2])[-1]
-        h = h.transpose(0, 1).reshape(h.shape[1], -1)                  # [B_sorted, dirs * H]
-        out = torch.empty_like(h)
-        out[packing.order] = h                                         # back to batch order
-        return out
+        return h.transpose(0, 1).reshape(h.shape[1], -1)               # [B, dirs * H]
 
 
 class RNNDecoder(nn.Module):
@@ -174,10 +191,10 @@ class RNNDecoder(nn.Module):
     input step) or both. Without a latent (latent_dim 0) it is a plain RNN language model."""
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, rnn: str = "lstm",
-                 latent_dim: int = 0, z_conditioning: str = "init") -> None:
+                 latent_dim: int = 0, z_conditioning: str = "init", packed: bool | None = None) -> None:
         super().__init__()
         self.rnn_type, self.num_layers, self.hidden_size = rnn, num_layers, hidden_size
-        self.latent_dim, self.z_conditioning = latent_dim, z_conditioning
+        self.latent_dim, self.z_conditioning, self.packed = latent_dim, z_conditioning, packed
         self.concat = latent_dim > 0 and z_conditioning in ("concat", "both")
         self.init = latent_dim > 0 and z_conditioning in ("init", "both")
         self.rnn = RNNS[rnn](input_size + (latent_dim if self.concat else 0), hidden_size, num_layers=num_layers,
@@ -204,18 +221,18 @@ class RNNDecoder(nn.Module):
         return tuple(state) if self.rnn_type == "lstm" else (state,)
 
     def forward(self, inputs: torch.Tensor, lengths: torch.Tensor, z: torch.Tensor | None = None,
-                packing: Packing | None = None) -> tuple[torch.Tensor, Packing]:
-        """Hidden states of the valid positions, [num_tokens, H], in packed order (see Packing.rows)."""
-        packing = packing or Packing.from_lengths(lengths)
-        b = inputs.shape[0]
+                positions: Positions | None = None) -> tuple[torch.Tensor, Positions]:
+        """Hidden states at the valid positions only, [num_tokens, H] (row-major, see Positions).
+
+        Run padded, the states at valid positions are exact too: the recurrence is causal, so what
+        follows a sentence's end never reaches them."""
+        positions = positions or Positions.from_lengths(lengths, inputs.shape[1])
         if self.concat:
             inputs = torch.cat([inputs, z.unsqueeze(1).expand(-1, inputs.shape[1], -1)], dim=-1)
-        state = None
-        if self.init:
-            state = tuple(s.index_select(1, packing.order) for s in self.initial_state(z, b))
-            state = self._rnn_state(state)
-        out, _ = self.rnn(packing.packed_sequence(inputs), state)
-        return out.data, packing
+        state = self._rnn_state(self.initial_state(z, inputs.shape[0])) if self.init else None
+        packed = default_packing(inputs.device) if self.packed is None else self.packed
+        out, _ = run_rnn(self.rnn, inputs, lengths, state, packed)
+        return positions.gather(out), positions
 
     def step(self, inputs: torch.Tensor, state: State, z: torch.Tensor | None = None) -> tuple[torch.Tensor, State]:
         """One time step for N sequences: inputs [N, F] -> (hidden [N, H], new state)."""
@@ -228,7 +245,8 @@ class RNNDecoder(nn.Module):
 # ------------------------------------------------------------------------------------------ models
 
 def _check_common(embed_dim, hidden_size, rnn, decoder_layers, word_dropout, embed_dropout, output_dropout,
-                  vocab_size) -> None:
+                  vocab_size, packed) -> None:
+    _check(packed is None or isinstance(packed, bool), "packed", packed, "null (auto), true or false")
     _check(_positive_int(embed_dim), "embed_dim", embed_dim, "a positive integer")
     _check(_positive_int(hidden_size), "hidden_size", hidden_size, "a positive integer")
     _check(rnn in RNNS, "rnn", rnn, "one of: " + ", ".join(RNNS))
@@ -270,11 +288,10 @@ class _TextDecoderMixin:
 
     def _score(self, x: torch.Tensor, lengths: torch.Tensor, z: torch.Tensor | None) -> torch.Tensor:
         """Sum over positions (incl. <eos>) of log p(x_t | x_<t, z) for each row: [N]."""
-        packing = Packing.from_lengths(lengths)
         emb = self.io.embed(self.decoder_inputs(x), word_dropout=True)
-        hidden, packing = self.decoder(emb, lengths, z, packing)
-        targets = packing.pack(x)
-        return packing.sum_per_example(self.io.token_log_likelihood(hidden, targets))
+        hidden, positions = self.decoder(emb, lengths, z)
+        targets = positions.gather(x)
+        return positions.sum_per_example(self.io.token_log_likelihood(hidden, targets))
 
     def init_decoder_state(self, z: torch.Tensor | None = None, n: int | None = None) -> State:
         """The decoder state before <sos>, for n = z.shape[0] sequences (or n without a latent)."""
@@ -293,15 +310,18 @@ class LSTMVAE(_TextDecoderMixin, LatentModel):
     z -> RNN decoder; word dropout, optional bag-of-words loss on z (Zhao et al. 2017)."""
 
     variational = True
+    # Without gradients, log_likelihood decodes at most this many sentence copies per pass.
+    max_rows_per_pass = 4096
 
     def __init__(self, vocab_size: int, pad_id: int = 0, unk_id: int = 1, sos_id: int = 2, eos_id: int = 3,
                  embed_dim: int = 256, hidden_size: int = 256, latent_dim: int = 32, rnn: str = "lstm",
                  encoder_layers: int = 1, bidirectional: bool = False, decoder_layers: int = 1,
                  z_conditioning: str = "init", word_dropout: float = 0.0, embed_dropout: float = 0.0,
-                 output_dropout: float = 0.0, tie_weights: bool = False, name: str = "lstm_vae") -> None:
+                 output_dropout: float = 0.0, tie_weights: bool = False, packed: bool | None = None,
+                 name: str = "lstm_vae") -> None:
         super().__init__()
         _check_common(embed_dim, hidden_size, rnn, decoder_layers, word_dropout, embed_dropout, output_dropout,
-                      vocab_size)
+                      vocab_size, packed)
         _check(_positive_int(latent_dim), "latent_dim", latent_dim, "a positive integer")
         _check(_positive_int(encoder_layers), "encoder_layers", encoder_layers, "a positive integer")
         _check(z_conditioning in Z_CONDITIONING, "z_conditioning", z_conditioning,
@@ -309,10 +329,10 @@ class LSTMVAE(_TextDecoderMixin, LatentModel):
         self.latent_dim = latent_dim
         self.io = TokenIO(vocab_size, embed_dim, hidden_size, pad_id, unk_id, sos_id, eos_id, word_dropout,
                           embed_dropout, output_dropout, tie_weights)
-        self.encoder = RNNEncoder(embed_dim, hidden_size, encoder_layers, bidirectional, rnn)
+        self.encoder = RNNEncoder(embed_dim, hidden_size, encoder_layers, bidirectional, rnn, packed)
         self.mu_head = nn.Linear(self.encoder.output_size, latent_dim)
         self.logvar_head = nn.Linear(self.encoder.output_size, latent_dim)
-        self.decoder = RNNDecoder(embed_dim, hidden_size, decoder_layers, rnn, latent_dim, z_conditioning)
+        self.decoder = RNNDecoder(embed_dim, hidden_size, decoder_layers, rnn, latent_dim, z_conditioning, packed)
         self.bow = nn.Linear(latent_dim, vocab_size)
 
     def encode(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -323,6 +343,10 @@ class LSTMVAE(_TextDecoderMixin, LatentModel):
         """log p(x|z) in nats per sentence (all tokens incl. <eos>), z [S, B, D] -> [S, B], in one decoder pass."""
         x, lengths = batch["x"], batch["lengths"]
         s, b, d = z.shape
+        if not torch.is_grad_enabled() and s * b > self.max_rows_per_pass and s > 1:
+            # Scoring many importance samples: bound memory whatever chunk the caller asked for.
+            per = max(1, self.max_rows_per_pass // b)
+            return torch.cat([self.log_likelihood(batch, z[i:i + per]) for i in range(0, s, per)])
         if s > 1:
             x, lengths = x.repeat(s, 1), lengths.repeat(s)
         return self._score(x, lengths, z.reshape(s * b, d)).view(s, b)
@@ -354,13 +378,13 @@ class LSTMLM(_TextDecoderMixin, LatentModel):
     def __init__(self, vocab_size: int, pad_id: int = 0, unk_id: int = 1, sos_id: int = 2, eos_id: int = 3,
                  embed_dim: int = 256, hidden_size: int = 256, rnn: str = "lstm", decoder_layers: int = 1,
                  word_dropout: float = 0.0, embed_dropout: float = 0.0, output_dropout: float = 0.0,
-                 tie_weights: bool = False, name: str = "lstm_lm") -> None:
+                 tie_weights: bool = False, packed: bool | None = None, name: str = "lstm_lm") -> None:
         super().__init__()
         _check_common(embed_dim, hidden_size, rnn, decoder_layers, word_dropout, embed_dropout, output_dropout,
-                      vocab_size)
+                      vocab_size, packed)
         self.io = TokenIO(vocab_size, embed_dim, hidden_size, pad_id, unk_id, sos_id, eos_id, word_dropout,
                           embed_dropout, output_dropout, tie_weights)
-        self.decoder = RNNDecoder(embed_dim, hidden_size, decoder_layers, rnn, 0)
+        self.decoder = RNNDecoder(embed_dim, hidden_size, decoder_layers, rnn, 0, "init", packed)
 
     def encode(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         raise SeqvaeError("lstm_lm has no latent variable: it cannot encode a sentence")

@@ -80,6 +80,21 @@ def clone_run(src: Path, dst: Path) -> Path:
     return dst
 
 
+SAMPLE_FILES = ("prior_samples.png", "reconstructions.png", "interpolation.png", "traversal.png",
+                "latent_scatter.png")
+
+
+def check_pictures(folder: Path, names) -> None:
+    """Each picture exists, is a loadable image, and is bigger than one MNIST digit."""
+    from PIL import Image
+    for name in names:
+        path = folder / name
+        assert path.is_file() and path.stat().st_size > 0, name
+        with Image.open(path) as im:
+            im.load()
+            assert im.width > 28 and im.height > 28, name
+
+
 SMOKE_ARGS = ["debug=smoke", "trainer.progress_bar=false"]
 
 

@@ -36,7 +36,6 @@ def test_instantiate_and_forward_shapes(option, cls):
     assert torch.isfinite(ll).all() and (ll <= 0).all()   # log of a probability of binary pixels
     mean = model.decode_mean(z[0])
     assert mean.shape == (B, 784) and (mean >= 0).all() and (mean <= 1).all()
-    assert model.aux_loss({"x": x}, z[0]).shape == (B,)
 
 
 def test_bernoulli_log_likelihood_is_the_bernoulli_log_prob():

@@ -201,14 +201,33 @@ def tiny_batch() -> dict:
     return {"x": x, "lengths": torch.tensor([5, 2, 4])}
 
 
-@pytest.fixture(params=[("lstm", "init", False), ("gru", "concat", True), ("lstm", "both", False)])
-def vae(request) -> LSTMVAE:
-    rnn, cond, bidir = request.param
+VAE_VARIANTS = [("lstm", "init", False, None), ("gru", "concat", True, True), ("lstm", "both", False, True),
+                ("gru", "init", False, False)]
+
+
+def make_vae(rnn, cond, bidir, packed, encoder_layers=2) -> LSTMVAE:
     torch.manual_seed(0)
     model = LSTMVAE(V, embed_dim=6, hidden_size=7, latent_dim=3, rnn=rnn, z_conditioning=cond,
-                    bidirectional=bidir, decoder_layers=2, word_dropout=0.5, embed_dropout=0.1,
-                    output_dropout=0.1)
+                    bidirectional=bidir, encoder_layers=encoder_layers, decoder_layers=2, word_dropout=0.5,
+                    embed_dropout=0.1, output_dropout=0.1, packed=packed)
     return model.eval()
+
+
+@pytest.fixture(params=VAE_VARIANTS, ids=lambda p: "-".join(map(str, p)))
+def vae(request) -> LSTMVAE:
+    return make_vae(*request.param)
+
+
+@pytest.mark.parametrize("rnn,bidir", [("lstm", False), ("gru", False), ("lstm", True)])
+def test_packed_and_padded_runs_agree(rnn, bidir):
+    """Padded runs (the CPU default) give the same encoding and likelihood as packed ones."""
+    packed, padded = make_vae(rnn, "both", bidir, True), make_vae(rnn, "both", bidir, False)
+    batch = tiny_batch()
+    batch = {"x": torch.cat([batch["x"], torch.zeros(3, 2, dtype=torch.long)], 1), "lengths": batch["lengths"]}
+    for a, b in zip(packed.encode(batch), padded.encode(batch)):
+        assert torch.allclose(a, b, atol=1e-6)
+    z = torch.randn(2, 3, 3)
+    assert torch.allclose(packed.log_likelihood(batch, z), padded.log_likelihood(batch, z), atol=1e-5)
 
 
 def test_encode_shapes_and_batch_order(vae):
@@ -421,3 +440,34 @@ def test_language_model_decoding_without_z():
     assert torch.equal(beam.tokens[0], beam.tokens[1])
     with pytest.raises(SeqvaeError):
         decoding.decode(lm, None, n=1, strategy="nucleus")
+
+
+def test_ptb_download_failure_is_one_clear_error(tmp_path, monkeypatch):
+    import torchvision.datasets.utils as tv_utils
+
+    def offline(url, root, filename=None, md5=None):
+        (tmp_path / "ptb" / filename).write_text("partial")   # a truncated file must not survive
+        raise OSError("Network is unreachable")
+
+    (tmp_path / "ptb").mkdir()
+    monkeypatch.setattr(tv_utils, "download_url", offline)
+    dm = TextData("ptb/ptb.train.txt", "ptb/ptb.valid.txt", "ptb/ptb.test.txt", data_dir=str(tmp_path),
+                  download=True)
+    with pytest.raises(SeqvaeError) as err:
+        dm.setup(CPU)
+    message = str(err.value)
+    for part in (str(tmp_path / "ptb"), "ptb.train.txt", "ptb.valid.txt", "ptb.test.txt", "Network is unreachable",
+                 "offline demo"):
+        assert part in message
+    assert not (tmp_path / "ptb" / "ptb.train.txt").exists()
+
+
+def test_importance_sampling_rows_are_chunked_without_grad(monkeypatch):
+    model = make_vae("gru", "init", False, None)
+    batch = tiny_batch()
+    z = torch.randn(7, 3, 3)
+    full = model.log_likelihood(batch, z)
+    monkeypatch.setattr(LSTMVAE, "max_rows_per_pass", 4)
+    with torch.no_grad():
+        chunked = model.log_likelihood(batch, z)
+    assert torch.allclose(full, chunked, atol=1e-5)

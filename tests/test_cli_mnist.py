@@ -1,0 +1,162 @@
+"""Layer 5: the installed `seqvae` command on real MNIST, in subprocesses run from a temporary folder.
+
+One tiny training run (conftest.smoke_run, debug=smoke) is shared; tests that write into a run work
+on a copy of it (clone_run).
+"""
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+import yaml
+from PIL import Image
+from tensorboard.backend.event_processing import event_accumulator as ea
+from tensorboard.plugins.hparams import plugin_data_pb2
+
+from conftest import SAMPLE_FILES, check_pictures, clone_run, describe, run_seqvae
+
+METRIC_KEYS = ("neg_elbo", "rec", "kl", "iw_nll", "active_units", "mutual_info")
+
+
+# --------------------------------------------------------------------------------- the run folder
+
+def test_train_writes_the_run_folder(smoke_run):
+    run = smoke_run.run_dir
+    for rel in ("checkpoints/last.pt", "checkpoints/best.pt", "metrics.json", "train.log", ".hydra/config.yaml",
+                ".hydra/overrides.yaml"):
+        assert (run / rel).is_file() and (run / rel).stat().st_size > 0, rel
+    assert list((run / "tb").glob("events.out.tfevents.*")), "no TensorBoard event file"
+    pngs = sorted(p.name for p in (run / "samples").glob("*.png"))
+    assert pngs, "no samples/*.png"
+    for name in pngs:
+        Image.open(run / "samples" / name).verify()
+    assert not list(run.rglob("*.tmp")), "a temporary checkpoint file was left behind"
+
+
+def test_train_metrics_json(smoke_run):
+    metrics = json.loads((smoke_run.run_dir / "metrics.json").read_text())
+    assert metrics["optimized_metric"] == "val/neg_elbo"
+    assert metrics["epochs"] == 2 and metrics["steps"] == 10            # debug=smoke: 2 epochs x 5 batches
+    assert metrics["optimized_value"] == metrics["val"]["neg_elbo"]
+    assert metrics["best_epoch"] in (1, 2)
+    for key in ("neg_elbo", "rec", "kl"):
+        assert key in metrics["val"]
+    test = metrics["test"]
+    for key in ("neg_elbo", "iw_nll", "active_units", "mutual_info"):
+        assert key in test, key
+    assert test["neg_elbo"] == pytest.approx(test["rec"] + test["kl"])
+    assert 0 < test["iw_nll"] <= test["neg_elbo"] + 1.0
+    assert 0 <= test["active_units"] <= 20 and test["mutual_info"] > -0.5
+
+
+def test_train_log_and_saved_config(smoke_run):
+    run = smoke_run.run_dir
+    log = (run / "train.log").read_text()
+    assert "epoch 1" in log and "validation" in log and "test" in log
+    cfg = yaml.safe_load((run / ".hydra" / "config.yaml").read_text())
+    assert cfg["model"]["_target_"] == "seqvae_cli.models.MLPVAE" and cfg["trainer"]["max_epochs"] == 2
+    assert "debug=smoke" in yaml.safe_load((run / ".hydra" / "overrides.yaml").read_text())
+
+
+def test_train_prints_no_warnings_from_seqvae(smoke_run):
+    """A normal run must not spill warnings raised by seqvae's own code onto stderr."""
+    own = [ln for ln in smoke_run.proc.stderr.splitlines() if "seqvae_cli" in ln and "Warning" in ln]
+    assert not own, "\n".join(own)
+
+
+# ------------------------------------------------------------------------------------- TensorBoard
+
+@pytest.fixture(scope="module")
+def events(smoke_run):
+    acc = ea.EventAccumulator(str(smoke_run.run_dir / "tb"),
+                              size_guidance={k: 0 for k in (ea.SCALARS, ea.IMAGES, ea.HISTOGRAMS, ea.TENSORS,
+                                                            ea.COMPRESSED_HISTOGRAMS, ea.AUDIO)})
+    acc.Reload()
+    return acc
+
+
+def test_tensorboard_scalars(events):
+    scalars = set(events.Tags()["scalars"])
+    for split in ("train", "val"):
+        for name in ("loss", "rec", "kl", "kl_weight", "neg_elbo", "lr"):
+            assert f"{split}/{name}" in scalars, f"{split}/{name}"
+    assert len(events.Scalars("train/loss")) == 10          # log_every=1 in debug=smoke: every step
+    assert [e.step for e in events.Scalars("train/loss")] == list(range(10))
+    assert len(events.Scalars("val/neg_elbo")) == 2          # one validation per epoch
+    assert all(e.value == pytest.approx(1e-3) for e in events.Scalars("train/lr"))
+    assert all(e.value == pytest.approx(1.0) for e in events.Scalars("train/kl_weight"))
+
+
+def test_tensorboard_images_and_histograms(events):
+    tags = events.Tags()
+    assert {"images/reconstructions", "images/prior_samples"} <= set(tags["images"])
+    assert {"val/posterior_mean", "val/kl_per_dim"} <= set(tags["histograms"])
+    image = events.Images("images/prior_samples")[-1]
+    assert image.width > 28 and image.height > 28
+
+
+def test_tensorboard_hparams(events):
+    content = events.PluginTagToContent("hparams")
+    assert content, "no hparams plugin entry"
+    experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
+    hparams = {h.name for h in experiment.hparam_infos}
+    metrics = {m.name.tag for m in experiment.metric_infos}
+    assert {"model.latent_dim", "optim.lr", "objective.beta"} <= hparams
+    assert "hparam/best_val_neg_elbo" in metrics
+    start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"])
+    assert start.session_start_info.hparams["model.latent_dim"].number_value == 20
+    assert "hparam/best_val_neg_elbo" in events.Tags()["scalars"]
+
+
+# ------------------------------------------------------------------------------------------- eval
+
+def test_eval(smoke_run, tmp_path):
+    run = clone_run(smoke_run.run_dir, tmp_path / "run")
+    proc = run_seqvae(["eval", f"run_dir={run}", "iw_samples=20", "limit_examples=500"], cwd=tmp_path)
+    assert proc.returncode == 0, describe(proc)
+    table = proc.stdout
+    assert re.search(r"^metric\s+value", table, re.M), table
+    for key in METRIC_KEYS:
+        assert re.search(rf"^{key}\s+-?[0-9.]+", table, re.M), f"{key} missing from the table:\n{table}"
+    results = json.loads((run / "eval.json").read_text())
+    test = results["test"]
+    for key in METRIC_KEYS:
+        assert key in test, key
+    assert test["num_examples"] == 500 and test["iw_samples"] == 20
+    assert test["iw_nll"] <= test["neg_elbo"] + 0.5
+    assert test["neg_elbo"] == pytest.approx(test["rec"] + test["kl"])
+    assert test["checkpoint_epoch"] == json.loads((run / "metrics.json").read_text())["best_epoch"]
+
+
+# ----------------------------------------------------------------------------------------- sample
+
+def test_sample(smoke_run, tmp_path):
+    run = clone_run(smoke_run.run_dir, tmp_path / "run")
+    proc = run_seqvae(["sample", f"run_dir={run}"], cwd=tmp_path)
+    assert proc.returncode == 0, describe(proc)
+    check_pictures(run / "samples", SAMPLE_FILES)
+    assert not (run / "samples" / "manifold.png").exists()    # only for a 2-d latent
+    for name in SAMPLE_FILES:
+        assert name in proc.stdout
+    with Image.open(run / "samples" / "traversal.png") as im:     # one row per latent dim (20) of 9 steps
+        assert im.height > im.width
+
+
+# ------------------------------------------------------------------------------------------- help
+
+def test_help_lists_the_verbs(tmp_path):
+    proc = run_seqvae(["--help"], cwd=tmp_path)
+    assert proc.returncode == 0
+    for verb in ("train", "eval", "sample", "report"):
+        assert re.search(rf"^\s+{verb}\s", proc.stdout, re.M), verb
+
+
+def test_train_help_lists_the_config_groups(tmp_path):
+    proc = run_seqvae(["train", "--help"], cwd=tmp_path)
+    assert proc.returncode == 0, describe(proc)
+    for group in ("model", "data", "objective", "optim", "device", "trainer", "experiment", "debug"):
+        assert re.search(rf"^{group}: ", proc.stdout, re.M), group
+    assert re.search(r"^model: .*\bae\b.*\bmlp_vae\b", proc.stdout, re.M)
+    assert re.search(r"^experiment: .*mnist_iwae.*mnist_nll.*mnist_pe", proc.stdout, re.M)
+

@@ -1,0 +1,97 @@
+"""Layer 8: bad input fails fast, with a non-zero exit and a short message on stderr naming the problem."""
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+
+from conftest import SMOKE_ARGS, clone_run, describe, error_lines, run_seqvae, seqvae_env
+
+
+def assert_one_error_line(proc, *needles):
+    """seqvae's own errors: exit 2, exactly one line on stderr, `seqvae: error: ...`."""
+    lines = error_lines(proc.stderr)
+    assert proc.returncode == 2, describe(proc)
+    assert len(lines) == 1 and lines[0].startswith("seqvae: error: "), describe(proc)
+    for needle in needles:
+        assert needle in lines[0], f"{needle!r} not in {lines[0]!r}"
+    return lines[0]
+
+
+def assert_hydra_error(proc, first_line_needles, anywhere=()):
+    """Errors Hydra raises itself (unknown option or key): non-zero exit, no traceback, the first line names it."""
+    lines = error_lines(proc.stderr)
+    assert proc.returncode != 0, describe(proc)
+    assert lines and "Traceback" not in proc.stderr, describe(proc)
+    for needle in first_line_needles:
+        assert needle in lines[0], describe(proc)
+    for needle in anywhere:
+        assert needle in proc.stderr, describe(proc)
+
+
+@pytest.mark.parametrize("override,needles", [
+    ("model.likelihood=poisson", ("model.likelihood", "poisson", "bernoulli", "gaussian")),
+    ("trainer.max_epochs=0", ("trainer.max_epochs", "0")),
+])
+def test_bad_value(tmp_path, override, needles):
+    proc = run_seqvae(["train", override, "run_dir=run"], cwd=tmp_path)
+    assert_one_error_line(proc, *needles)
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_unknown_option(tmp_path):
+    proc = run_seqvae(["train", "model=nonexistent"], cwd=tmp_path)
+    assert_hydra_error(proc, ["model/nonexistent"], anywhere=["Available options", "mlp_vae", "ae"])
+
+
+def test_unknown_key(tmp_path):
+    proc = run_seqvae(["train", "model.foo=1"], cwd=tmp_path)
+    assert_hydra_error(proc, ["model.foo"])
+
+
+def test_missing_data(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    proc = run_seqvae(["train", *SMOKE_ARGS, "data.download=false", "run_dir=run"], cwd=tmp_path,
+                      env=seqvae_env(SEQVAE_DATA_DIR=str(empty)))
+    line = assert_one_error_line(proc, str(empty.resolve() / "MNIST" / "raw"))
+    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+                 "t10k-labels-idx1-ubyte"):
+        assert name in line
+    assert not list(empty.rglob("*-ubyte"))           # download=false: nothing fetched
+
+
+def test_corrupt_checkpoint(tmp_path):
+    garbage = tmp_path / "garbage.pt"
+    # Fixed "random" bytes (test_checkpoint.py covers many other kinds of garbage in-process).
+    garbage.write_bytes(bytes(torch.randint(0, 256, (5000,), generator=torch.Generator().manual_seed(0)).tolist()))
+    proc = run_seqvae(["eval", f"checkpoint={garbage}"], cwd=tmp_path)
+    assert_one_error_line(proc, "unreadable", str(garbage))
+
+
+def test_resume_with_another_model(smoke_run, tmp_path):
+    run = clone_run(smoke_run.run_dir, tmp_path / "run")
+    before = (run / "checkpoints" / "last.pt").read_bytes()
+    proc = run_seqvae(["train", *SMOKE_ARGS, f"run_dir={run}", "trainer.resume=true", "model=ae"], cwd=tmp_path)
+    line = assert_one_error_line(proc, "model", "cannot resume")
+    assert "MLPVAE" in line or "mlp_vae" in line
+    assert (run / "checkpoints" / "last.pt").read_bytes() == before
+
+
+def test_resume_without_checkpoints(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    proc = run_seqvae(["train", *SMOKE_ARGS, f"run_dir={run}", "trainer.resume=true"], cwd=tmp_path)
+    assert_one_error_line(proc, "trainer.resume=true", "last.pt")
+
+
+def test_fresh_run_into_a_used_run_dir(smoke_run, tmp_path):
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    shutil.copy(smoke_run.run_dir / "checkpoints" / "last.pt", run / "checkpoints" / "last.pt")
+    before = (run / "checkpoints" / "last.pt").read_bytes()
+    proc = run_seqvae(["train", *SMOKE_ARGS, f"run_dir={run}"], cwd=tmp_path)
+    assert_one_error_line(proc, "trainer.resume=true", str(run))
+    assert (run / "checkpoints" / "last.pt").read_bytes() == before
+    assert not (run / "metrics.json").exists()

@@ -1,0 +1,180 @@
+"""Layer 7: resuming a killed run, a half-written checkpoint, and a loss that becomes non-finite."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+import torch
+
+from conftest import SEQVAE, SMOKE_ARGS, clone_run, describe, error_lines, run_seqvae, seqvae_env
+
+RESUME_ARGS = [*SMOKE_ARGS, "trainer.max_epochs=3", "trainer.limit_train_batches=20"]
+
+
+def load_state(path):
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def start_and_kill_at_first_checkpoint(run_dir, cwd, args, timeout=300.0):
+    """Start `seqvae train ARGS run_dir=RUN`, SIGKILL it as soon as checkpoints/last.pt appears.
+
+    Returns True when the kill interrupted the run (no metrics.json yet), False when it had already finished."""
+    last = run_dir / "checkpoints" / "last.pt"
+    proc = subprocess.Popen([SEQVAE, "train", *args, f"run_dir={run_dir}"], cwd=cwd, env=seqvae_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + timeout
+    try:
+        while not last.exists():
+            if proc.poll() is not None:
+                pytest.fail(f"the run ended (exit {proc.returncode}) before writing {last}: {proc.stderr.read()}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"{last} did not appear within {timeout} s")
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        proc.stderr.close()
+    return proc.returncode == -signal.SIGKILL and not (run_dir / "metrics.json").exists()
+
+
+@pytest.fixture(scope="module")
+def resume_pair(tmp_path_factory, mnist_data_dir):
+    """An uninterrupted run, and the same command killed at its first checkpoint then resumed."""
+    work = tmp_path_factory.mktemp("resume")
+    full = work / "full"
+    proc = run_seqvae(["train", *RESUME_ARGS, f"run_dir={full}"], cwd=work)
+    assert proc.returncode == 0, describe(proc)
+    for attempt in range(3):
+        killed = work / f"killed{attempt}"
+        if start_and_kill_at_first_checkpoint(killed, work, RESUME_ARGS):
+            break
+    else:
+        pytest.skip("could not kill the run before it finished in 3 attempts (machine too fast?)")
+    before = load_state(killed / "checkpoints" / "last.pt")
+    assert before["epoch"] < 3, "the kill came after the last epoch: nothing would be resumed"
+    proc = run_seqvae(["train", *RESUME_ARGS, f"run_dir={killed}", "trainer.resume=true"], cwd=work)
+    assert proc.returncode == 0, describe(proc)
+    return full, killed, before, proc
+
+
+def test_resumed_run_equals_the_uninterrupted_run(resume_pair):
+    full, killed, before, proc = resume_pair
+    a = json.loads((full / "metrics.json").read_text())
+    b = json.loads((killed / "metrics.json").read_text())
+    assert "resuming from" in proc.stdout + proc.stderr
+    assert a["epochs"] == b["epochs"] == 3 and a["steps"] == b["steps"] == 60
+    assert a["best_epoch"] == b["best_epoch"]
+    assert a["optimized_value"] == b["optimized_value"]
+    assert a["val"] == b["val"]          # exactly equal, not approximately
+    assert a["test"] == b["test"]
+    assert set(a["test"]) >= {"neg_elbo", "iw_nll", "active_units", "mutual_info"}
+
+
+def test_resumed_weights_equal_the_uninterrupted_weights(resume_pair):
+    full, killed, _, _ = resume_pair
+    for name in ("last.pt", "best.pt"):
+        a, b = load_state(full / "checkpoints" / name), load_state(killed / "checkpoints" / name)
+        assert a["step"] == b["step"] and a["epoch"] == b["epoch"]
+        assert a["model"].keys() == b["model"].keys()
+        for key in a["model"]:
+            assert torch.equal(a["model"][key], b["model"][key]), f"{name}: {key} differs"
+
+
+def test_resume_ignores_a_half_written_checkpoint(smoke_run, tmp_path):
+    run = clone_run(smoke_run.run_dir, tmp_path / "run")
+    tmp = run / "checkpoints" / "last.pt.tmp"
+    tmp.write_bytes(os.urandom(3000))                 # what a kill during save leaves behind
+    proc = run_seqvae(["train", *SMOKE_ARGS, f"run_dir={run}", "trainer.resume=true", "trainer.max_epochs=3"],
+                      cwd=tmp_path)
+    assert proc.returncode == 0, describe(proc)
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["epochs"] == 3 and metrics["steps"] == 15         # one more epoch of 5 batches
+    assert load_state(run / "checkpoints" / "last.pt")["epoch"] == 3
+    assert not tmp.exists()
+
+
+def assert_one_error_line(proc, *needles):
+    lines = error_lines(proc.stderr)
+    assert proc.returncode == 2, describe(proc)
+    assert len(lines) == 1 and lines[0].startswith("seqvae: error: "), describe(proc)
+    for needle in needles:
+        assert needle in lines[0], f"{needle!r} not in {lines[0]!r}"
+    return lines[0]
+
+
+def test_nan_loss_keeps_the_last_good_checkpoint(mnist_data_dir, tmp_path):
+    """Epoch 1 = step 0 with KL weight 0 (finite); from step 1 the KL weight is 1e300: the loss is inf."""
+    run = tmp_path / "run"
+    proc = run_seqvae(["train", *SMOKE_ARGS, f"run_dir={run}", "trainer.limit_train_batches=1",
+                       "objective.kl_anneal.schedule=linear", "objective.kl_anneal.end=1e300",
+                       "objective.kl_anneal.warmup=1"], cwd=tmp_path)
+    line = assert_one_error_line(proc, "step 1")
+    assert "last.pt" in line and "trainer.resume=true" in line
+    state = load_state(run / "checkpoints" / "last.pt")
+    assert state["step"] == 1 and state["epoch"] == 1
+    assert all(torch.isfinite(t).all() for t in state["model"].values())
+    assert not (run / "metrics.json").exists()
+
+
+def test_nan_loss_before_any_checkpoint(mnist_data_dir, tmp_path):
+    """optim.lr=1e30: the first update blows the weights up, the loss of step 1 is not finite."""
+    run = tmp_path / "run"
+    proc = run_seqvae(["train", *SMOKE_ARGS, f"run_dir={run}", "optim.lr=1e30"], cwd=tmp_path)
+    line = assert_one_error_line(proc, "step 1")
+    assert not (run / "checkpoints" / "last.pt").exists()
+    # With no checkpoint written, the message must not send the user to one.
+    assert "last.pt keeps" not in line, line
+
+
+def test_non_finite_validation_is_a_clean_error(mnist_data_dir, tmp_path):
+    """optim.lr=1e30 with one batch per epoch: step 0's loss is finite but its update makes the weights
+    non-finite, so the first validation sees NaNs. That must be the usual one-line error (exit 2), not
+    a traceback, and no checkpoint with non-finite weights may be written."""
+    run = tmp_path / "run"
+    proc = run_seqvae(["train", *SMOKE_ARGS, f"run_dir={run}", "optim.lr=1e30", "trainer.limit_train_batches=1"],
+                      cwd=tmp_path)
+    assert "Traceback" not in proc.stderr, describe(proc)
+    line = assert_one_error_line(proc)
+    assert any(w in line.lower() for w in ("nan", "inf", "finite")), line
+    for name in ("last.pt", "best.pt"):
+        path = run / "checkpoints" / name
+        if path.exists():
+            assert all(torch.isfinite(t).all() for t in load_state(path)["model"].values()), name
+    assert not (run / "metrics.json").exists()
+
+
+SCHEDULE_ARGS = [*SMOKE_ARGS, "trainer.max_epochs=4", "trainer.limit_train_batches=15", "trainer.val_every=2",
+                 "objective=iwae", "objective.iw_samples=5", "objective.kl_anneal.schedule=cyclical",
+                 "objective.kl_anneal.unit=epochs", "objective.kl_anneal.n_cycles=2", "optim=adamw",
+                 "optim.lr_schedule=cosine", "optim.lr_min=1e-4", "optim.warmup_steps=10", "trainer.seed=7"]
+
+
+@pytest.mark.slow
+def test_resume_equality_with_every_stateful_schedule(mnist_data_dir, tmp_path):
+    """IWAE, cyclical KL in epochs, AdamW with warm-up + cosine lr, validation every 2 epochs: killed at
+    the first checkpoint (epoch 1, before any validation and any best.pt), resumed, identical results."""
+    full = tmp_path / "full"
+    proc = run_seqvae(["train", *SCHEDULE_ARGS, f"run_dir={full}"], cwd=tmp_path)
+    assert proc.returncode == 0, describe(proc)
+    killed = tmp_path / "killed"
+    if not start_and_kill_at_first_checkpoint(killed, tmp_path, SCHEDULE_ARGS):
+        pytest.skip("the run finished before it could be killed")
+    assert load_state(killed / "checkpoints" / "last.pt")["epoch"] < 4
+    proc = run_seqvae(["train", *SCHEDULE_ARGS, f"run_dir={killed}", "trainer.resume=true"], cwd=tmp_path)
+    assert proc.returncode == 0, describe(proc)
+    a = json.loads((full / "metrics.json").read_text())
+    b = json.loads((killed / "metrics.json").read_text())
+    assert a["steps"] == b["steps"] == 60 and a["best_epoch"] == b["best_epoch"]
+    assert a["val"] == b["val"] and a["test"] == b["test"]
+    wa = load_state(full / "checkpoints" / "last.pt")
+    wb = load_state(killed / "checkpoints" / "last.pt")
+    for key in wa["model"]:
+        assert torch.equal(wa["model"][key], wb["model"][key]), key
+    assert wa["scheduler"] == wb["scheduler"]
