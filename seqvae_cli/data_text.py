@@ -309,12 +309,15 @@ class TextData(DataModule):
 
     def eval_batches(self, split: str, batch_size: int | None = None,
                      limit: int | float | None = None) -> Iterator[Batch]:
-        """Deterministic batches sorted by length (ties in file order) covering every sentence once."""
+        """Deterministic batches covering every sentence once: sentences sorted by length (ties in file order)
+        are cut into batches, whose order is then shuffled with a fixed seed, so that a `limit` scores a
+        representative subset rather than the shortest sentences."""
         bs = batch_size or self.eval_batch_size
         order = torch.sort(self._cpu_lengths[split], stable=True).indices
         chunks = torch.split(order, bs)
-        for idx in chunks[:batch_limit(limit, math.ceil(order.numel() / bs))]:
-            yield self._gather(split, idx)
+        batch_order = torch.randperm(len(chunks), generator=torch.Generator().manual_seed(0)).tolist()
+        for i in batch_order[:batch_limit(limit, len(chunks))]:
+            yield self._gather(split, chunks[i])
 
     def state_dict(self) -> dict:
         return {"itos": list(self.itos), "tokenizer": self.tokenizer, "lowercase": self.lowercase,

@@ -20,6 +20,7 @@ Decoder state convention (decoding.py relies on it): a tuple of tensors, each [l
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -122,6 +123,7 @@ class TokenIO(nn.Module):
         self.embed_drop = nn.Dropout(embed_dropout)
         self.out_drop = nn.Dropout(output_dropout)
         self.out = nn.Linear(out_features, vocab_size)
+        self.tied = bool(tie_weights)
         if tie_weights:
             if out_features != embed_dim:
                 raise SeqvaeError(f"config error: model.tie_weights=true needs the decoder's output size "
@@ -360,6 +362,18 @@ class LSTMVAE(_TextDecoderMixin, LatentModel):
         picked = log_p.gather(-1, idx)                                 # [..., B, T]
         return -(picked * (x != self.io.pad_id)).sum(-1)
 
+    def decoder_modules(self) -> list[nn.Module]:
+        """What Li et al. 2019's recipe re-initialises after autoencoder pre-training: the decoder RNN (with
+        its z -> state map) and the output projection. The word embedding is shared with the encoder and
+        kept; with tie_weights the projection's weight is that embedding, so then only its bias is reset."""
+        return [self.decoder] if self.io.tied else [self.decoder, self.io.out]
+
+    def reset_decoder(self) -> None:
+        super().reset_decoder()
+        if self.io.tied:
+            bound = 1.0 / math.sqrt(self.io.out.in_features)
+            nn.init.uniform_(self.io.out.bias, -bound, bound)
+
     @torch.no_grad()
     def decode_mean(self, z: torch.Tensor, max_len: int = 100) -> torch.Tensor:
         """Greedy decoding of z [B, D] (or [S, B, D]) -> token ids [..., L] padded with <pad>."""
@@ -392,6 +406,9 @@ class LSTMLM(_TextDecoderMixin, LatentModel):
     def log_likelihood(self, batch: Batch, z: torch.Tensor | None = None) -> torch.Tensor:
         """Exact log p(x) in nats per sentence (incl. <eos>): [1, B]."""
         return self._score(batch["x"], batch["lengths"], None).unsqueeze(0)
+
+    def decoder_modules(self) -> list[nn.Module]:
+        return [self.decoder, self.io]
 
     def decode_mean(self, z: torch.Tensor | None = None, n: int = 1, max_len: int = 100) -> torch.Tensor:
         from .decoding import greedy

@@ -87,6 +87,13 @@ class Terms:
     aux: torch.Tensor
     mu: torch.Tensor | None
 
+    def __post_init__(self) -> None:
+        # Everything but the loss is for reporting: keep it out of the autograd graph.
+        for name in ("rec", "kl", "kl_per_dim", "neg_elbo", "aux", "mu"):
+            value = getattr(self, name)
+            if value is not None:
+                setattr(self, name, value.detach())
+
 
 class Objective:
     def __init__(self, cfg: DictConfig, total_steps: int, steps_per_epoch: int) -> None:

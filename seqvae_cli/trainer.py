@@ -178,7 +178,7 @@ class Trainer:
         return result
 
     def train_epoch(self) -> dict:
-        """One pass over the training batches; returns the epoch's mean loss and -ELBO."""
+        """One pass over the training batches; returns the epoch's mean loss and -ELBO per example."""
         tc = self.cfg.trainer
         self.model.train()
         sums = {"loss": 0.0, "neg_elbo": 0.0}
@@ -201,10 +201,10 @@ class Trainer:
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip)
             self.optimizer.step()
             self.scheduler.step()
-            loss = terms.loss.item()
-            sums["loss"] += loss
-            sums["neg_elbo"] += float(terms.neg_elbo)
-            n += 1
+            loss, b = terms.loss.item(), batch["x"].shape[0]
+            sums["loss"] += loss * b  # weighted by batch size: the epoch mean is per example
+            sums["neg_elbo"] += terms.neg_elbo.item() * b
+            n += b
             if self.step % tc.log_every == 0:
                 self.log_train(terms, loss)
             self.step += 1

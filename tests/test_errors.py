@@ -95,3 +95,13 @@ def test_fresh_run_into_a_used_run_dir(smoke_run, tmp_path):
     assert_one_error_line(proc, "trainer.resume=true", str(run))
     assert (run / "checkpoints" / "last.pt").read_bytes() == before
     assert not (run / "metrics.json").exists()
+
+
+def test_ae_pretraining_longer_than_the_step_budget(mnist_data_dir, tmp_path):
+    """objective.ae_pretrain_epochs=1 with trainer.max_steps=5 (= one smoke epoch): no VAE step is left.
+    Like ae_pretrain_epochs >= max_epochs, that must be refused with a message naming both settings,
+    not end in 'best.pt does not exist' after training."""
+    proc = run_seqvae(["train", *SMOKE_ARGS, "objective.ae_pretrain_epochs=1", "trainer.max_steps=5",
+                       "run_dir=run"], cwd=tmp_path)
+    line = assert_one_error_line(proc, "ae_pretrain_epochs", "max_steps")
+    assert "best.pt" not in line

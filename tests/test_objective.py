@@ -8,6 +8,7 @@ import torch
 from omegaconf import OmegaConf
 from torch.distributions import Normal, kl_divergence
 
+from seqvae_cli.data import DataModule
 from seqvae_cli.evaluate import active_units, evaluate, iw_log_likelihood, mutual_information
 from seqvae_cli.models import LatentModel, MLPAutoencoder, MLPVAE
 from seqvae_cli.objective import (KLSchedule, Objective, gaussian_kl, gaussian_log_density, sample_posterior,
@@ -320,8 +321,8 @@ def test_mutual_information_is_log_n_for_separated_posteriors():
 
 # ------------------------------------------------------------------------------------ evaluate()
 
-class TinyData:
-    """A DataModule stand-in: random binary vectors, eval batches of 100."""
+class TinyData(DataModule):
+    """A small DataModule: random binary vectors, eval batches of 100."""
 
     kind = "image"
     eval_batch_size = 100
@@ -360,3 +361,39 @@ def test_evaluate_autoencoder_reports_reconstruction_only():
     m = evaluate(model, TinyData(), "test", iw_samples=10)
     assert m["rec"] > 0 and "kl" not in m and "neg_elbo" not in m and "iw_nll" not in m
     assert "active_units" in m
+
+
+# ------------------------------------------------------------- autoencoder pre-training (Li et al. 2019)
+
+def test_ae_pretraining_has_no_kl_weight_then_starts_the_schedule():
+    cfg = objective_cfg(ae_pretrain_epochs=2, **{"kl_anneal.schedule": "linear", "kl_anneal.warmup": 10})
+    obj = Objective(cfg, total_steps=100, steps_per_epoch=10)
+    assert [obj.kl_weight(s) for s in (0, 5, 19)] == [0.0, 0.0, 0.0]
+    assert obj.kl_weight(20) == pytest.approx(0.0)         # the warm-up starts after pre-training
+    assert obj.kl_weight(25) == pytest.approx(0.5)
+    assert obj.kl_weight(30) == pytest.approx(1.0)
+    cyc = objective_cfg(ae_pretrain_epochs=2, **{"kl_anneal.schedule": "cyclical", "kl_anneal.n_cycles": 2})
+    obj = Objective(cyc, total_steps=100, steps_per_epoch=10)   # 80 VAE steps: cycles of 40 from step 20
+    assert obj.kl_weight(20) == pytest.approx(0.0) and obj.kl_weight(60) == pytest.approx(0.0)
+    assert obj.kl_weight(30) == pytest.approx(0.5) and obj.kl_weight(50) == pytest.approx(1.0)
+
+
+def test_ae_pretraining_step_is_a_deterministic_autoencoder(small_model_and_data):
+    model, batch = small_model_and_data
+    part = {"x": batch["x"][:64]}
+    obj = Objective(objective_cfg(ae_pretrain_epochs=1), total_steps=100, steps_per_epoch=10)
+    torch.manual_seed(0)
+    first = obj(model, part, step=3)
+    torch.manual_seed(1)
+    second = obj(model, part, step=3)
+    torch.testing.assert_close(first.loss, second.loss)                 # z = posterior mean: no sampling
+    mu, logvar = model.encode(part)
+    torch.testing.assert_close(first.loss, -model.log_likelihood(part, mu.unsqueeze(0))[0].mean())
+    torch.testing.assert_close(first.kl, gaussian_kl(mu, logvar).sum(1).mean())   # reported, not trained on
+    model.zero_grad()
+    first.loss.backward()
+    assert model.logvar_head.weight.grad is None or torch.all(model.logvar_head.weight.grad == 0)
+    model.zero_grad()
+    after = obj(model, part, step=10)                                   # pre-training over: the ELBO
+    torch.testing.assert_close(after.loss, after.neg_elbo)
+    model.zero_grad()

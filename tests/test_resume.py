@@ -178,3 +178,28 @@ def test_resume_equality_with_every_stateful_schedule(mnist_data_dir, tmp_path):
     for key in wa["model"]:
         assert torch.equal(wa["model"][key], wb["model"][key]), key
     assert wa["scheduler"] == wb["scheduler"]
+
+
+PRETRAIN_ARGS = [*SMOKE_ARGS, "trainer.max_epochs=3", "objective.ae_pretrain_epochs=1",
+                 "objective.kl_anneal.schedule=linear", "objective.kl_anneal.warmup=5"]
+
+
+@pytest.mark.slow
+def test_ae_pretraining_run_and_resume_across_the_decoder_reset(mnist_data_dir, tmp_path):
+    """Li et al. 2019's recipe: epoch 1 trains an autoencoder, then the decoder is re-initialised; best.pt is
+    never a pre-training checkpoint; killed right after the reset and resumed, the run is unchanged."""
+    full = tmp_path / "full"
+    proc = run_seqvae(["train", *PRETRAIN_ARGS, f"run_dir={full}"], cwd=tmp_path)
+    assert proc.returncode == 0, describe(proc)
+    assert "decoder re-initialised" in proc.stdout + proc.stderr
+    a = json.loads((full / "metrics.json").read_text())
+    assert a["best_epoch"] >= 2
+    assert load_state(full / "checkpoints" / "best.pt")["epoch"] >= 2
+    killed = tmp_path / "killed"
+    if not start_and_kill_at_first_checkpoint(killed, tmp_path, PRETRAIN_ARGS):
+        pytest.skip("the run finished before it could be killed")
+    proc = run_seqvae(["train", *PRETRAIN_ARGS, f"run_dir={killed}", "trainer.resume=true"], cwd=tmp_path)
+    assert proc.returncode == 0, describe(proc)
+    assert "decoder re-initialised" not in proc.stdout + proc.stderr      # the reset is not done twice
+    b = json.loads((killed / "metrics.json").read_text())
+    assert a["val"] == b["val"] and a["test"] == b["test"] and a["best_epoch"] == b["best_epoch"]

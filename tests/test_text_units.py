@@ -185,10 +185,17 @@ def test_train_batches_cover_epoch_length_homogeneous_and_padded(tmp_path):
 def test_eval_batches_sorted_and_complete(tmp_path):
     dm = make_data(tmp_path, random_corpus(23, seed=2), val=random_corpus(17, seed=3))
     batches = list(dm.eval_batches("val", batch_size=5))
-    assert [b["x"].shape[0] for b in batches] == [5, 5, 5, 2]
-    lengths = torch.cat([b["lengths"] for b in batches])
-    assert torch.equal(lengths, torch.sort(dm.splits["val"][1]).values)
-    assert len(list(dm.eval_batches("val", batch_size=5, limit=2))) == 2
+    assert sorted(b["x"].shape[0] for b in batches) == [2, 5, 5, 5]
+    # Batches are cut from the length-sorted split: their length ranges do not overlap.
+    ranges = sorted((int(b["lengths"].min()), int(b["lengths"].max())) for b in batches)
+    assert all(hi <= next_lo for (_, hi), (next_lo, _) in zip(ranges, ranges[1:]))
+    rows = sorted(tuple(r[:n].tolist()) for b in batches for r, n in zip(b["x"], b["lengths"]))
+    x_all, len_all = dm.splits["val"]
+    assert rows == sorted(tuple(r[:n].tolist()) for r, n in zip(x_all, len_all))
+    again = list(dm.eval_batches("val", batch_size=5))
+    assert all(torch.equal(a["x"], b["x"]) for a, b in zip(batches, again))     # deterministic
+    limited = list(dm.eval_batches("val", batch_size=5, limit=2))
+    assert len(limited) == 2 and torch.equal(limited[0]["x"], batches[0]["x"])
 
 
 # ---------------------------------------------------------------------------------------------- models
@@ -471,3 +478,66 @@ def test_importance_sampling_rows_are_chunked_without_grad(monkeypatch):
     with torch.no_grad():
         chunked = model.log_likelihood(batch, z)
     assert torch.allclose(full, chunked, atol=1e-5)
+
+
+@pytest.mark.parametrize("tie", [False, True])
+def test_reset_decoder_keeps_encoder_and_embedding(tie):
+    model = LSTMVAE(V, embed_dim=6, hidden_size=6, latent_dim=2, tie_weights=tie)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    model.reset_decoder()
+    after = model.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert {"decoder.rnn.weight_hh_l0", "decoder.z_to_state.weight", "io.out.bias"} <= changed
+    assert not any(k.startswith(("encoder.", "mu_head.", "logvar_head.", "io.embedding.", "bow.")) for k in changed)
+    assert ("io.out.weight" in changed) != tie
+
+
+# ------------------------------------------------------------------------------ configs (Hydra compose)
+
+@pytest.mark.parametrize("model", ["lstm_vae", "lstm_lm"])
+@pytest.mark.parametrize("data", ["ptb", "text"])
+def test_configs_compose_validate_and_build(tmp_path, model, data):
+    """Every key of conf/data/{ptb,text}.yaml and conf/model/{lstm_vae,lstm_lm}.yaml is a constructor argument."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import open_dict
+
+    from seqvae_cli.checkpoint import build
+    from seqvae_cli.config import register_resolvers, validate
+    from conftest import CONF_DIR
+
+    (tmp_path / "ptb").mkdir()
+    for name in ("ptb.train.txt", "ptb.valid.txt", "ptb.test.txt"):
+        write(tmp_path / "ptb" / name, random_corpus(20, seed=len(name)))
+    overrides = [f"model={model}", f"data={data}", f"paths.data_dir={tmp_path}", "model.embed_dim=8",
+                 "model.hidden_size=8"]
+    if data == "text":
+        overrides += [f"data.{split}_file={tmp_path / 'ptb' / f'ptb.{name}.txt'}"
+                      for split, name in (("train", "train"), ("val", "valid"), ("test", "test"))]
+    register_resolvers()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=overrides)
+    with open_dict(cfg):
+        cfg.pop("hydra", None)
+    validate(cfg)
+    dm, net = build(cfg, CPU)
+    assert dm.kind == "text" and dm.num_examples("train") == 20
+    assert net.io.vocab_size == dm.vocab_size
+    batch = next(dm.train_batches(torch.Generator().manual_seed(0), None))
+    z = torch.zeros(2, batch["x"].shape[0], net.latent_dim) if net.latent_dim else None
+    assert torch.isfinite(net.log_likelihood(batch, z)).all()
+    # A checkpoint's data state rebuilds the same vocabulary.
+    dm2, _ = build(cfg, CPU, dm.state_dict())
+    assert dm2.itos == dm.itos
+
+
+def test_text_config_requires_files():
+    from hydra import compose, initialize_config_dir
+
+    from seqvae_cli.config import register_resolvers, validate
+    from conftest import CONF_DIR
+
+    register_resolvers()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=["model=lstm_vae", "data=text"])
+    with pytest.raises(SeqvaeError, match="data.test_file|data.train_file|data.val_file"):
+        validate(cfg)
