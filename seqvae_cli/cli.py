@@ -109,17 +109,16 @@ def sample_app(cfg: DictConfig) -> None:
         validate(cfg)
         device = setup_device(cfg.device)
         _, dm, model, state = load_run(cfg.run_dir, cfg.checkpoint, device, cfg.paths.data_dir)
-        if model.latent_dim == 0:
+        if model.latent_dim == 0 and dm.kind != "text":
             raise SeqvaeError("this run's model has no latent variable: there is nothing to sample from a prior")
+        run_dir = _run_dir_of(cfg)
+        torch.manual_seed(cfg.seed)
+        writer = SummaryWriter(str(run_dir / "tb"))
+        written = visuals.SAMPLERS[dm.kind](model, dm, cfg, run_dir / "samples", writer, state["step"])
+        writer.close()
     except SeqvaeError as exc:
         _fail(exc)
         return
-    run_dir = _run_dir_of(cfg)
-    torch.manual_seed(cfg.seed)
-    writer = SummaryWriter(str(run_dir / "tb"))
-    draw = {"image": visuals.sample_images}[dm.kind]
-    written = draw(model, dm, cfg, run_dir / "samples", writer, state["step"])
-    writer.close()
     for path in written:
         print(f"written: {path}")
 

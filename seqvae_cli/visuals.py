@@ -125,6 +125,9 @@ def _save_and_log(images: torch.Tensor, nrow: int, path: Path | None, writer: Su
 # ------------------------------------------------------------------------------- entry points by kind
 
 def during_training(model: LatentModel, dm: DataModule, writer: SummaryWriter, step: int) -> None:
+    if dm.kind == "text":
+        from . import visuals_text
+        return visuals_text.during_training(model, dm, writer, step)
     if dm.kind != "image" or model.latent_dim == 0:
         return
     was = model.training
@@ -166,3 +169,12 @@ def sample_images(model: LatentModel, dm: DataModule, cfg, out_dir: Path, writer
     writer.add_image("sample/latent_scatter", np.asarray(Image.open(scatter).convert("RGB")), step, dataformats="HWC")
     written.append(scatter)
     return written
+
+
+def _sample_text(*args, **kwargs) -> list[Path]:
+    from .visuals_text import sample_text
+    return sample_text(*args, **kwargs)
+
+
+# What `seqvae sample` draws, by data kind.
+SAMPLERS = {"image": sample_images, "text": _sample_text}

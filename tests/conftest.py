@@ -74,6 +74,16 @@ def describe(proc: subprocess.CompletedProcess) -> str:
     return f"exit {proc.returncode}\n--- stdout\n{proc.stdout[-3000:]}\n--- stderr\n{proc.stderr[-3000:]}"
 
 
+def assert_one_error_line(proc: subprocess.CompletedProcess, *needles: str) -> str:
+    """seqvae's own errors: exit 2 and exactly one line on stderr, `seqvae: error: ...` holding every needle."""
+    lines = error_lines(proc.stderr)
+    assert proc.returncode == 2, describe(proc)
+    assert len(lines) == 1 and lines[0].startswith("seqvae: error: "), describe(proc)
+    for needle in needles:
+        assert needle in lines[0], f"{needle!r} not in {lines[0]!r}"
+    return lines[0]
+
+
 def clone_run(src: Path, dst: Path) -> Path:
     """Copy a trained run (checkpoints, config, metrics) so a test can change it without touching `src`."""
     shutil.copytree(src, dst, ignore=shutil.ignore_patterns("tb", "samples", "logs", "eval.json"))

@@ -6,17 +6,7 @@ import shutil
 import pytest
 import torch
 
-from conftest import SMOKE_ARGS, clone_run, describe, error_lines, run_seqvae, seqvae_env
-
-
-def assert_one_error_line(proc, *needles):
-    """seqvae's own errors: exit 2, exactly one line on stderr, `seqvae: error: ...`."""
-    lines = error_lines(proc.stderr)
-    assert proc.returncode == 2, describe(proc)
-    assert len(lines) == 1 and lines[0].startswith("seqvae: error: "), describe(proc)
-    for needle in needles:
-        assert needle in lines[0], f"{needle!r} not in {lines[0]!r}"
-    return lines[0]
+from conftest import SMOKE_ARGS, assert_one_error_line, clone_run, describe, run_seqvae, seqvae_env
 
 
 def assert_hydra_error(proc, first_line_needles, anywhere=()):

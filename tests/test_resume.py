@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 import signal
 import subprocess
@@ -11,7 +10,7 @@ import time
 import pytest
 import torch
 
-from conftest import SEQVAE, SMOKE_ARGS, clone_run, describe, error_lines, run_seqvae, seqvae_env
+from conftest import SEQVAE, SMOKE_ARGS, assert_one_error_line, clone_run, describe, run_seqvae, seqvae_env
 
 RESUME_ARGS = [*SMOKE_ARGS, "trainer.max_epochs=3", "trainer.limit_train_batches=20"]
 
@@ -25,22 +24,23 @@ def start_and_kill_at_first_checkpoint(run_dir, cwd, args, timeout=300.0):
 
     Returns True when the kill interrupted the run (no metrics.json yet), False when it had already finished."""
     last = run_dir / "checkpoints" / "last.pt"
-    proc = subprocess.Popen([SEQVAE, "train", *args, f"run_dir={run_dir}"], cwd=cwd, env=seqvae_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + timeout
-    try:
-        while not last.exists():
-            if proc.poll() is not None:
-                pytest.fail(f"the run ended (exit {proc.returncode}) before writing {last}: {proc.stderr.read()}")
-            if time.monotonic() > deadline:
-                pytest.fail(f"{last} did not appear within {timeout} s")
-            time.sleep(0.01)
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
-        proc.stderr.close()
+    log = run_dir.with_name(run_dir.name + ".stderr")      # a file, not a pipe: the child never blocks on it
+    with open(log, "w") as err:
+        proc = subprocess.Popen([SEQVAE, "train", *args, f"run_dir={run_dir}"], cwd=cwd, env=seqvae_env(),
+                                stdout=subprocess.DEVNULL, stderr=err)
+        deadline = time.monotonic() + timeout
+        try:
+            while not last.exists():
+                if proc.poll() is not None:
+                    pytest.fail(f"the run ended (exit {proc.returncode}) before writing {last}: {log.read_text()}")
+                if time.monotonic() > deadline:
+                    pytest.fail(f"{last} did not appear within {timeout} s")
+                time.sleep(0.01)
+            proc.send_signal(signal.SIGKILL)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
     return proc.returncode == -signal.SIGKILL and not (run_dir / "metrics.json").exists()
 
 
@@ -98,15 +98,6 @@ def test_resume_ignores_a_half_written_checkpoint(smoke_run, tmp_path):
     assert metrics["epochs"] == 3 and metrics["steps"] == 15         # one more epoch of 5 batches
     assert load_state(run / "checkpoints" / "last.pt")["epoch"] == 3
     assert not tmp.exists()
-
-
-def assert_one_error_line(proc, *needles):
-    lines = error_lines(proc.stderr)
-    assert proc.returncode == 2, describe(proc)
-    assert len(lines) == 1 and lines[0].startswith("seqvae: error: "), describe(proc)
-    for needle in needles:
-        assert needle in lines[0], f"{needle!r} not in {lines[0]!r}"
-    return lines[0]
 
 
 def test_nan_loss_keeps_the_last_good_checkpoint(mnist_data_dir, tmp_path):
