@@ -127,6 +127,28 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "iw_samples": (lambda v: v is None or (isinstance(v, int) and v >= 1), "null or a positive integer"),
     "iw_rows_per_chunk": (lambda v: v is None or (isinstance(v, int) and v >= 1), "null or a positive integer"),
     "data.iw_rows_per_chunk": number(1, integer=True),
+    # text
+    "data.tokenizer": one_of("whitespace", "simple"),
+    "data.relative_to": one_of("data_dir", "cwd"),
+    "data.min_freq": number(1, integer=True),
+    "data.bucket_size": number(1, integer=True),
+    "data.max_size": (lambda v: v is None or (isinstance(v, int) and v >= 1), "null or a positive integer"),
+    "data.max_train_len": (lambda v: v is None or (isinstance(v, int) and v >= 1), "null or a positive integer"),
+    "model.rnn": one_of("lstm", "gru"),
+    "model.z_conditioning": one_of("init", "concat", "both"),
+    "model.embed_dim": number(1, integer=True),
+    "model.hidden_size": number(1, integer=True),
+    "model.encoder_layers": number(1, integer=True),
+    "model.decoder_layers": number(1, integer=True),
+    "model.word_dropout": number(0, 1),
+    "model.embed_dropout": number(0, 1),
+    "model.output_dropout": number(0, 1),
+    # sample (text decoding)
+    "temperature": number(0),
+    "top_k": number(0, integer=True),
+    "top_p": number(0, 1, lo_open=True),
+    "beam_width": number(1, integer=True),
+    "max_len": number(1, integer=True),
 }
 
 

@@ -119,3 +119,14 @@ def test_merge_resumed_config():
     other_model = OmegaConf.merge(now, {"model": {"name": "ae"}})
     with pytest.raises(SeqvaeError, match="model"):
         merge_resumed_config(other_model, stored, ["model=ae"], "ckpt")
+
+
+def test_weights_of_another_architecture(tmp_path):
+    from seqvae_cli.checkpoint import load_model_state
+    from seqvae_cli.models import MLPVAE
+    trained = MLPVAE(input_dim=784, hidden_sizes=[400], latent_dim=20)
+    other = MLPVAE(input_dim=784, hidden_sizes=[400], latent_dim=2)
+    with pytest.raises(SeqvaeError, match="different model") as info:
+        load_model_state(other, {"model": trained.state_dict()}, tmp_path / "best.pt")
+    assert "\n" not in str(info.value)
+    load_model_state(trained, {"model": MLPVAE(784, [400], 20).state_dict()}, tmp_path / "best.pt")

@@ -6,7 +6,7 @@ import shutil
 import pytest
 import torch
 
-from conftest import SMOKE_ARGS, assert_one_error_line, clone_run, describe, run_seqvae, seqvae_env
+from conftest import SMOKE_ARGS, assert_one_error_line, clone_run, describe, error_lines, run_seqvae, seqvae_env
 
 
 def assert_hydra_error(proc, first_line_needles, anywhere=()):
