@@ -7,8 +7,6 @@ data module's state (e.g. a vocabulary).
 from __future__ import annotations
 
 import os
-import pickle
-import zipfile
 from pathlib import Path
 
 import torch
@@ -41,7 +39,7 @@ def load_checkpoint(path: Path | str, map_location: str | torch.device = "cpu") 
                           f"(run_dir=outputs/DATE/TIME) or the path of a .pt file")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, OSError) as exc:
+    except Exception as exc:  # torch's loader raises many types on garbage (KeyError, IndexError, ...)
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise SeqvaeError(f"checkpoint {path} is unreadable (truncated, corrupt or not a seqvae checkpoint: "
                           f"{first[:160]}); use the other file in checkpoints/ or retrain") from None

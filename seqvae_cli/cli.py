@@ -83,7 +83,9 @@ def eval_app(cfg: DictConfig) -> dict | float:
         torch.manual_seed(cfg.seed)
         started = time.time()
         metrics = public(evaluate(model, dm, cfg.split, iw_samples=k, limit=limit, batch_size=cfg.batch_size,
-                                  rows_per_chunk=cfg.iw_rows_per_chunk, progress=True))
+                                  rows_per_chunk=cfg.iw_rows_per_chunk, progress=True,
+                                  # time series: the anomaly score, and where its CSV files go
+                                  score=cfg.score, out_dir=_run_dir_of(cfg)))
     except SeqvaeError as exc:
         return _fail(exc)
     metrics.update(seconds=round(time.time() - started, 1), checkpoint=str(cfg.checkpoint),

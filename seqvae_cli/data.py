@@ -89,7 +89,8 @@ def read_idx(path: Path) -> torch.Tensor:
     dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
     offset = 4 + 4 * ndim
     if len(raw) - offset != math.prod(dims):
-        raise SeqvaeError(f"{path} is truncated: header says {dims} but holds {len(raw) - offset} bytes; "
+        raise SeqvaeError(f"{path} has the wrong size: header says {dims} ({math.prod(dims)} bytes) but it holds "
+                          f"{len(raw) - offset} bytes; "
                           "delete it so seqvae downloads a fresh copy")
     return torch.frombuffer(bytearray(raw[offset:]), dtype=torch.uint8).reshape(dims)
 

@@ -6,6 +6,7 @@ so memory stays bounded whatever k is (k=5000 on MNIST runs on a laptop CPU).
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import torch
 from tqdm import tqdm
@@ -37,6 +38,7 @@ def iw_log_likelihood(model: LatentModel, batch: Batch, num_samples: int, rows_p
 def mutual_information(mu: torch.Tensor, logvar: torch.Tensor, chunk: int = 1024) -> float:
     """I(x;z) under q(x,z) = p_data(x) q(z|x), the estimator of Hoffman & Johnson 2016 / He et al. 2019:
     E_x[-H(q(z|x))] - E_{x, z~q(z|x)}[log q(z)], with the aggregate posterior q(z) a mixture over the split."""
+    mu, logvar = mu.double(), logvar.double()  # the expanded quadratic form below cancels badly in float32
     n, d = mu.shape
     neg_entropy = (-0.5 * d * LOG_2PI - 0.5 * (1.0 + logvar).sum(-1)).mean()
     z = sample_posterior(mu, logvar, 1)[0]
@@ -61,16 +63,20 @@ def active_units(mu: torch.Tensor, threshold: float = 0.01) -> int:
 @torch.no_grad()
 def evaluate(model: LatentModel, dm: DataModule, split: str, iw_samples: int = 0, limit: int | float | None = None,
              batch_size: int | None = None, rows_per_chunk: int | None = None, with_mutual_info: bool = True,
-             progress: bool = False) -> dict:
+             progress: bool = False, score: str = "neg_elbo", out_dir: Path | None = None) -> dict:
     """Score `split`: -ELBO, reconstruction, KL, IW-NLL (k=iw_samples, 0 = skip), active units, MI.
 
-    Returns the metrics and, under "_mu"/"_kl_per_dim", tensors for histograms (not for JSON)."""
+    Returns the metrics and, under "_mu"/"_kl_per_dim", tensors for histograms (not for JSON); under
+    "_per_example", each example's rec/kl/neg_elbo/iw_nll in nats [N] (CPU, in eval_batches order).
+    Time series (dm.kind == "series") add anomaly.series_evaluation's metrics: reconstruction MSE, and
+    AUROC/AUPRC/best F1 of the per-example `score` (neg_elbo | rec | iw_nll); with out_dir, its CSV files."""
     was_training = model.training
     rows_per_chunk = rows_per_chunk or dm.iw_rows_per_chunk
     model.eval()
     sums = {"rec": 0.0, "kl": 0.0, "iw_ll": 0.0}
     n, tokens = 0, 0
     mus, logvars, kl_dims = [], [], []
+    per: dict[str, list[torch.Tensor]] = {"rec": [], "kl": [], "iw_nll": []}   # per-example nats
     batches = dm.eval_batches(split, batch_size, limit)
     if progress:
         total = batch_limit(limit, math.ceil(dm.num_examples(split) / (batch_size or dm.eval_batch_size)))
@@ -80,23 +86,33 @@ def evaluate(model: LatentModel, dm: DataModule, split: str, iw_samples: int = 0
         if "lengths" in batch:  # text: tokens counted for perplexity (each sentence's </eos>, never <sos>)
             tokens += int(batch["lengths"].sum())
         if model.latent_dim == 0:
-            sums["rec"] += float(model.log_likelihood(batch, None)[0].sum())
+            ll = model.log_likelihood(batch, None)[0]
+            sums["rec"] += float(ll.sum())
+            per["rec"].append(-ll)
             continue
         mu, logvar = model.encode(batch)
         if model.variational:
             z = sample_posterior(mu, logvar, 1)
             kl = gaussian_kl(mu, logvar)
             sums["kl"] += float(kl.sum())
+            per["kl"].append(kl.sum(1))
             kl_dims.append(kl.sum(0))
             mus.append(mu), logvars.append(logvar)
             if iw_samples > 0:
-                sums["iw_ll"] += float(iw_log_likelihood(model, batch, iw_samples, rows_per_chunk, mu, logvar).sum())
+                iw_ll = iw_log_likelihood(model, batch, iw_samples, rows_per_chunk, mu, logvar)
+                sums["iw_ll"] += float(iw_ll.sum())
+                per["iw_nll"].append(-iw_ll)
         else:
             z = mu.unsqueeze(0)
             mus.append(mu)
-        sums["rec"] += float(model.log_likelihood(batch, z)[0].sum())
+        ll = model.log_likelihood(batch, z)[0]
+        sums["rec"] += float(ll.sum())
+        per["rec"].append(-ll)
     model.train(was_training)
     out: dict = {"split": split, "num_examples": n, "rec": -sums["rec"] / n}
+    out["_per_example"] = {k: torch.cat(v).cpu() for k, v in per.items() if v}
+    if "kl" in out["_per_example"]:
+        out["_per_example"]["neg_elbo"] = out["_per_example"]["rec"] + out["_per_example"]["kl"]
     if tokens:
         out["num_tokens"] = tokens
     if model.latent_dim == 0:
@@ -121,6 +137,10 @@ def evaluate(model: LatentModel, dm: DataModule, split: str, iw_samples: int = 0
             out["ppl"] = math.exp(out["iw_nll"] * n / tokens)
     if with_mutual_info:
         out["mutual_info"] = mutual_information(mu_all, torch.cat(logvars))
+    if getattr(dm, "kind", None) == "series":   # time series: anomaly scores and metrics (anomaly.py)
+        from .anomaly import series_evaluation
+        out.update(series_evaluation(model, dm, split, out, score=score, out_dir=out_dir, limit=limit,
+                                     batch_size=batch_size))
     return out
 
 

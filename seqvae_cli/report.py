@@ -5,6 +5,7 @@ import argparse
 import csv
 import json
 import math
+import sys
 from pathlib import Path
 
 import yaml
@@ -33,12 +34,12 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     if not args.sweep_dir.is_dir():
         print(f"seqvae: error: {args.sweep_dir} is not a folder; pass a multirun directory "
-              f"(multirun/DATE/TIME) written by `seqvae train -m ...`")
+              f"(multirun/DATE/TIME) written by `seqvae train -m ...`", file=sys.stderr)
         return 2
     rows = collect(args.sweep_dir)
     if not rows:
         print(f"seqvae: error: no job in {args.sweep_dir} has a metrics.json (expected {args.sweep_dir}/N/metrics.json); "
-              f"did the sweep finish?")
+              f"did the sweep finish?", file=sys.stderr)
         return 2
     metric = next(k for k in rows[0] if "/" in k and not k.startswith("test/"))
     rows.sort(key=lambda r: (r.get(metric) is None or not math.isfinite(r[metric]), r.get(metric, math.inf)))

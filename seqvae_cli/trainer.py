@@ -109,6 +109,11 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: lr_factor(cfg.optim, s, self.total_steps, self.steps_per_epoch))
         self.objective = Objective(cfg.objective, self.total_steps, self.steps_per_epoch)
+        if self.objective.pretrain_steps >= self.total_steps:
+            raise SeqvaeError(f"config error: objective.ae_pretrain_epochs={cfg.objective.ae_pretrain_epochs} "
+                              f"({self.objective.pretrain_steps} steps) leaves no VAE step within the "
+                              f"{self.total_steps} steps trainer.max_epochs/max_steps allow; lower the first or "
+                              f"raise the others")
         self.shuffle_gen = torch.Generator().manual_seed(tc.seed + 1)
         self.data_gen = torch.Generator(device=self.device).manual_seed(tc.seed + 2)
         self.step, self.epoch = 0, 0
@@ -191,10 +196,7 @@ class Trainer:
                 break
             terms = self.objective(self.model, batch, self.step)
             if not torch.isfinite(terms.loss):
-                raise SeqvaeError(
-                    f"loss became {float(terms.loss)} at step {self.step} (epoch {self.epoch + 1}); training stopped. "
-                    f"{self.run_dir / 'checkpoints' / 'last.pt'} keeps the last good state. Lower optim.lr or set "
-                    f"optim.grad_clip (e.g. 5.0), then continue with trainer.resume=true or start again")
+                self.stop_non_finite(f"loss became {float(terms.loss)}")
             self.optimizer.zero_grad(set_to_none=True)
             terms.loss.backward()
             if self.cfg.optim.grad_clip > 0:
@@ -216,6 +218,13 @@ class Trainer:
                      means["neg_elbo"], self.step)
         return means
 
+    def stop_non_finite(self, what: str) -> None:
+        last = self.run_dir / "checkpoints" / "last.pt"
+        keep = (f"{last} keeps the last good state (continue with trainer.resume=true)" if last.exists()
+                else "no checkpoint was written yet")
+        raise SeqvaeError(f"{what} at step {self.step} (epoch {self.epoch + 1}); training stopped and {keep}. "
+                          f"Lower optim.lr or set optim.grad_clip (e.g. 5.0)")
+
     def log_train(self, terms, loss: float) -> None:
         w, s = self.writer, self.step
         w.add_scalar("train/loss", loss, s)
@@ -230,6 +239,10 @@ class Trainer:
     def validate(self) -> dict:
         tc = self.cfg.trainer
         metrics = evaluate(self.model, self.dm, "val", limit=tc.limit_val_batches, with_mutual_info=False)
+        # An update can turn the weights non-finite after a finite loss: stop before logging or checkpointing.
+        if not all(math.isfinite(metrics[k]) for k in ("rec", "kl", "neg_elbo") if k in metrics) or \
+                ("_mu" in metrics and not bool(torch.isfinite(metrics["_mu"]).all())):
+            self.stop_non_finite("validation metrics became non-finite")
         w, s = self.writer, self.step
         weight = self.objective.kl_weight(max(s - 1, 0))
         metrics["loss"] = metrics["rec"] + weight * metrics.get("kl", 0.0)

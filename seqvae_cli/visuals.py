@@ -128,6 +128,9 @@ def during_training(model: LatentModel, dm: DataModule, writer: SummaryWriter, s
     if dm.kind == "text":
         from . import visuals_text
         return visuals_text.during_training(model, dm, writer, step)
+    if dm.kind == "series":
+        from . import visuals_series
+        return visuals_series.during_training(model, dm, writer, step)
     if dm.kind != "image" or model.latent_dim == 0:
         return
     was = model.training
@@ -176,5 +179,10 @@ def _sample_text(*args, **kwargs) -> list[Path]:
     return sample_text(*args, **kwargs)
 
 
+def _sample_series(*args, **kwargs) -> list[Path]:
+    from .visuals_series import sample_series
+    return sample_series(*args, **kwargs)
+
+
 # What `seqvae sample` draws, by data kind.
-SAMPLERS = {"image": sample_images, "text": _sample_text}
+SAMPLERS = {"image": sample_images, "text": _sample_text, "series": _sample_series}

@@ -26,7 +26,9 @@ if os.environ.get("SEQVAE_DATA_DIR"):
     os.environ["SEQVAE_DATA_DIR"] = str(Path(os.environ["SEQVAE_DATA_DIR"]).expanduser().resolve())
 DATA_DIR = Path(os.environ["SEQVAE_DATA_DIR"]) if os.environ.get("SEQVAE_DATA_DIR") else None
 
-SEQVAE = shutil.which("seqvae") or str(Path(sys.executable).with_name("seqvae"))
+# The console script of the environment running the tests (a CI virtualenv may not be on PATH).
+_NEXT_TO_PYTHON = Path(sys.executable).with_name("seqvae")
+SEQVAE = str(_NEXT_TO_PYTHON) if _NEXT_TO_PYTHON.is_file() else (shutil.which("seqvae") or "seqvae")
 
 
 def mnist_available() -> bool:

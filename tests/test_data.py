@@ -63,7 +63,7 @@ def test_read_idx_truncated(tmp_path, cut):
     good = idx_bytes(torch.zeros(2, 4, 4))
     path = tmp_path / "short"
     path.write_bytes(good[:-cut])
-    with pytest.raises(SeqvaeError, match="truncated") as info:
+    with pytest.raises(SeqvaeError, match="wrong size") as info:
         read_idx(path)
     assert str(path) in str(info.value)
 
