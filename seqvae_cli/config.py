@@ -177,6 +177,7 @@ def validate(cfg: DictConfig, rules: dict = RULES) -> None:
         if not ok(value):
             raise SeqvaeError(f"config error: {key}={value!r} is not allowed; expected {allowed} "
                               f"(fix it with the override {key}=...)")
+    # Checked here, before any data loads; trainer.py re-checks against max_steps once batch counts are known.
     pretrain = OmegaConf.select(cfg, "objective.ae_pretrain_epochs", default=0) or 0
     epochs = OmegaConf.select(cfg, "trainer.max_epochs", default=None)
     if epochs is not None and pretrain >= epochs:

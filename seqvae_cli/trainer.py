@@ -97,7 +97,7 @@ class Trainer:
         if state is not None:
             cfg = merge_resumed_config(cfg, OmegaConf.create(state["config"]), overrides or [], path)
             log.info("resuming from %s (epoch %d, step %d)", path, state["epoch"], state["step"])
-        self.cfg, self.resume_state = cfg, state
+        self.cfg = cfg
         tc = cfg.trainer
         self.device = setup_device(cfg.device)
         torch.manual_seed(tc.seed)
