@@ -126,17 +126,6 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
                    "best, last or a path to a .pt file"),
     "iw_samples": (lambda v: v is None or (isinstance(v, int) and v >= 1), "null or a positive integer"),
     "iw_rows_per_chunk": (lambda v: v is None or (isinstance(v, int) and v >= 1), "null or a positive integer"),
-    # time series (model=lstm_vae on series data; eval.yaml/sample.yaml)
-    "model.series_decoder": one_of("repeat", "autoregressive"),
-    "model.output_std": one_of("learned_channel", "learned_step", "fixed"),
-    "model.fixed_std": number(0, lo_open=True),
-    "model.project_input": (lambda v: isinstance(v, bool), "true or false"),
-    "score": one_of("neg_elbo", "rec", "iw_nll"),
-    "forecast_prefix": number(0, 1, lo_open=True),
-    "num_forecasts": number(1, integer=True),
-    "forecast_windows": number(1, integer=True),
-    "season": (lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= 1),
-               "null (estimated) or a positive integer"),
     "data.iw_rows_per_chunk": number(1, integer=True),
     # text
     "data.tokenizer": one_of("whitespace", "simple"),
@@ -160,6 +149,17 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "top_p": number(0, 1, lo_open=True),
     "beam_width": number(1, integer=True),
     "max_len": number(1, integer=True),
+    # time series: the series LSTM-VAE's keys (model=lstm_vae), eval's anomaly score, sample's forecasts
+    "model.series_decoder": one_of("repeat", "autoregressive"),
+    "model.output_std": one_of("learned_channel", "learned_step", "fixed"),
+    "model.fixed_std": number(0, lo_open=True),
+    "model.project_input": (lambda v: isinstance(v, bool), "true or false"),
+    "score": one_of("neg_elbo", "rec", "iw_nll"),
+    "forecast_prefix": number(0, 1, lo_open=True),
+    "num_forecasts": number(1, integer=True),
+    "forecast_windows": number(1, integer=True),
+    "season": (lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= 1),
+               "null (estimated) or a positive integer"),
 }
 
 

@@ -95,6 +95,24 @@ def test_config_builds_the_series_model(tmp_path):
     assert torch.isfinite(net.log_likelihood(batch, torch.zeros(2, batch["x"].shape[0], 2))).all()
 
 
+@pytest.mark.parametrize("experiment,data,decoder", [("sines", "sines", "autoregressive"),
+                                                     ("ecg5000", "ecg5000", "repeat"), ("nab", "nab", "repeat")])
+def test_series_presets_compose(experiment, data, decoder):
+    from hydra import compose, initialize_config_dir
+
+    from seqvae_cli.config import register_resolvers, validate
+
+    register_resolvers()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=[f"experiment={experiment}", "debug=smoke"])
+    validate(cfg)
+    assert cfg.data.name == data and cfg.model._target_ == "seqvae_cli.models_seq.lstm_vae"
+    assert cfg.model.series_decoder == decoder and cfg.model.output_std == "learned_channel"
+    assert 64 <= cfg.model.hidden_size <= 128 and 8 <= cfg.model.latent_dim <= 16
+    assert cfg.objective.kl_anneal.schedule == "linear" and cfg.optimized_metric == "val/neg_elbo"
+    assert cfg.trainer.limit_train_batches == 5      # debug applies after the experiment
+
+
 # ---------------------------------------------------------------------------------------- likelihood
 
 def test_gaussian_log_prob_is_torch_normal():
