@@ -79,10 +79,13 @@ def eval_app(cfg: DictConfig) -> dict | float:
         device = setup_device(cfg.device)
         _, dm, model, state = load_run(cfg.run_dir, cfg.checkpoint, device, cfg.paths.data_dir)
         k = cfg.iw_samples or dm.eval_iw_samples
-        limit = math.ceil(cfg.limit_examples / cfg.batch_size) if cfg.limit_examples else None
+        batch_size, limit = cfg.batch_size, None
+        if cfg.limit_examples:  # equal batches that add up to limit_examples (exactly, when it divides evenly)
+            limit = math.ceil(cfg.limit_examples / cfg.batch_size)
+            batch_size = math.ceil(cfg.limit_examples / limit)
         torch.manual_seed(cfg.seed)
         started = time.time()
-        metrics = public(evaluate(model, dm, cfg.split, iw_samples=k, limit=limit, batch_size=cfg.batch_size,
+        metrics = public(evaluate(model, dm, cfg.split, iw_samples=k, limit=limit, batch_size=batch_size,
                                   rows_per_chunk=cfg.iw_rows_per_chunk, progress=True,
                                   # time series: the anomaly score, and where its CSV files go
                                   score=cfg.score, out_dir=_run_dir_of(cfg)))
@@ -115,7 +118,7 @@ def sample_app(cfg: DictConfig) -> None:
             raise SeqvaeError("this run's model has no latent variable: there is nothing to sample from a prior")
         run_dir = _run_dir_of(cfg)
         torch.manual_seed(cfg.seed)
-        writer = SummaryWriter(str(run_dir / "tb"))
+        writer = LazyWriter(str(run_dir / "tb"))
         written = visuals.SAMPLERS[dm.kind](model, dm, cfg, run_dir / "samples", writer, state["step"])
         writer.close()
     except SeqvaeError as exc:
@@ -123,6 +126,22 @@ def sample_app(cfg: DictConfig) -> None:
         return
     for path in written:
         print(f"written: {path}")
+
+
+class LazyWriter:
+    """A SummaryWriter created on first use, so a sampler that fails its input checks leaves no empty event file."""
+
+    def __init__(self, log_dir: str) -> None:
+        self.log_dir, self.writer = log_dir, None
+
+    def __getattr__(self, name: str):
+        if self.writer is None:
+            self.writer = SummaryWriter(self.log_dir)
+        return getattr(self.writer, name)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
 
 
 APPS = {"train": train_app, "eval": eval_app, "sample": sample_app}

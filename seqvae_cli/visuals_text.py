@@ -13,7 +13,7 @@ from .errors import SeqvaeError
 
 def _markdown(lines: list[str]) -> str:
     # TensorBoard renders text as markdown: indent by four spaces to keep <unk>, <eos> and spacing literal.
-    return "\n".join("    " + line for line in lines)
+    return "\n".join("    " + line for entry in lines for line in entry.split("\n"))
 
 
 @torch.no_grad()
@@ -75,10 +75,10 @@ def given_sentences(cfg) -> list[str]:
 
 def sample_text(model, dm, cfg, out_dir: Path, writer: SummaryWriter, step: int) -> list[Path]:
     """Everything `seqvae sample` writes for a text model; returns the files written."""
-    out_dir.mkdir(parents=True, exist_ok=True)
     sentences = given_sentences(cfg)
     if sentences:  # fail on a bad sentence before writing anything
         dm.batch_from_sentences(sentences)
+    out_dir.mkdir(parents=True, exist_ok=True)
     files: dict[str, list[str]] = {}
     strategies = {
         "greedy": dict(strategy="greedy"),

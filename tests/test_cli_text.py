@@ -4,9 +4,6 @@ in subprocesses run from temporary folders, as test_cli_mnist.py does for MNIST.
 Every run is tiny (debug=smoke: 2 epochs x 5 batches, 2 validation/test batches of 32 sentences, one torch
 thread). One PTB sentence-VAE run and one language-model run are shared by the module; tests that write into
 a run work on a copy of it (conftest.clone_run).
-
-Tests marked xfail(strict=True) pin product bugs found while writing this file: each says where the bug is;
-once it is fixed the test passes, strict xfail turns that into a failure, and the marker must go.
 """
 from __future__ import annotations
 
@@ -174,9 +171,6 @@ def test_tensorboard_text_during_training(vae_events):
     assert {"val/neg_elbo", "val/ppl_elbo", "train/kl_weight"} <= set(vae_events.Tags()["scalars"])
 
 
-@pytest.mark.xfail(strict=True, reason="product bug: seqvae_cli/visuals_text.py _markdown() indents only the first "
-                   "line of each entry, so the 'out: ...' line of text/reconstructions is rendered as markdown/HTML "
-                   "(<unk> vanishes); indent every line: '\\n'.join('    ' + l for e in lines for l in e.split('\\n'))")
 def test_tensorboard_text_is_shown_literally(vae_events):
     for name in ("text/prior_samples", "text/reconstructions"):
         for _, text in texts(vae_events, name):
@@ -202,9 +196,6 @@ def test_eval_iw_nll_and_perplexity(vae_run, tmp_path):
     assert test["checkpoint_epoch"] == json.loads((run / "metrics.json").read_text())["best_epoch"]
 
 
-@pytest.mark.xfail(strict=True, reason="product bug: seqvae_cli/cli.py eval_app rounds limit_examples up to whole "
-                   "batches of batch_size (default 500): limit_examples=64 scores 500 sentences (100 here); use "
-                   "batch_size=min(cfg.batch_size, cfg.limit_examples) (and cut the last batch)")
 def test_eval_limit_examples_is_a_number_of_examples(vae_run, tmp_path):
     run = clone_run(vae_run.run_dir, tmp_path / "run")
     proc = run_seqvae(["eval", f"run_dir={run}", "iw_samples=1", "limit_examples=64", "batch_size=100", ONE_THREAD],
@@ -271,10 +262,6 @@ def test_sample_rejects_a_sentence_without_tokens(blank_sentence_on_a_fresh_run)
     assert written == [], f"files written before the error: {written}"
 
 
-@pytest.mark.xfail(strict=True, reason="product bug: seqvae_cli/visuals_text.py sample_text() runs "
-                   "out_dir.mkdir() before checking the given sentences, so a failed `seqvae sample` leaves an "
-                   "empty samples/ folder (and cli.py sample_app opens a SummaryWriter, an empty event file, "
-                   "before the check); move the mkdir after `dm.batch_from_sentences(sentences)`")
 def test_sample_with_a_bad_sentence_creates_no_folder(blank_sentence_on_a_fresh_run):
     run, proc = blank_sentence_on_a_fresh_run.run_dir, blank_sentence_on_a_fresh_run.proc
     assert proc.returncode == 2
