@@ -8,6 +8,8 @@ training), so figures are comparable from one run or validation to the next.
 """
 from __future__ import annotations
 
+import json
+
 import math
 from pathlib import Path
 
@@ -19,6 +21,7 @@ from .anomaly import dominant_period, last_value_forecast, pick_score, seasonal_
 from .errors import SeqvaeError
 
 MAX_SERIES_PLOTS = 4      # windowed data: at most this many series in anomaly_scores.png
+MAX_FORECAST_PLOTS = 3    # forecasts: windows drawn (all `forecast_windows` are scored)
 DRAWN_SAMPLES = 20        # forecasts: thin lines of this many sampled continuations (all enter median/band)
 
 
@@ -201,7 +204,8 @@ def forecast_figure(model, dm, split: str = "test", prefix_fraction: float = 0.7
                                    dim=1) for i, row in enumerate(seasons)])
     mse = {name: (f - truth).pow(2).mean((-2, -1)) for name, f in
            (("model", median), ("last_value", last), ("seasonal_naive", naive))}
-    b, c_count = x.shape[0], dm.num_channels
+    # Every window enters the MSEs; only the first few are drawn.
+    b, c_count = min(x.shape[0], MAX_FORECAST_PLOTS), dm.num_channels
     fig, axes = plt.subplots(b, c_count, figsize=(8 * c_count, 2.8 * b), squeeze=False)
     steps_p, steps_h = np.arange(p), np.arange(p, t)
     units = lambda v: _units(dm, v, series)   # noqa: E731
@@ -300,6 +304,16 @@ def during_training(model, dm, writer: SummaryWriter, step: int) -> None:
     model.train(was)
 
 
+def forecast_with_scores(model, dm, cfg, out_dir: Path):
+    """The forecast figure; its MSEs (model median, last value, seasonal naive) go to forecast_mse.json."""
+    fig, mse = forecast_figure(model, dm, cfg.split, cfg.forecast_prefix, cfg.num_forecasts, cfg.forecast_windows,
+                               cfg.season, cfg.seed)
+    scores = {"split": cfg.split, "windows": cfg.forecast_windows, "prefix_fraction": cfg.forecast_prefix,
+              "num_forecasts": cfg.num_forecasts, "mse_normalised_units": mse}
+    (out_dir / "forecast_mse.json").write_text(json.dumps(scores, indent=2))
+    return fig
+
+
 def sample_series(model, dm, cfg, out_dir: Path, writer: SummaryWriter, step: int) -> list[Path]:
     """Everything `seqvae sample` draws for a time-series model; returns the files written."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -308,8 +322,7 @@ def sample_series(model, dm, cfg, out_dir: Path, writer: SummaryWriter, step: in
         ("prior_samples", lambda: prior_samples_figure(model, dm, cfg.num_samples, cfg.seed)),
         ("reconstructions", lambda: reconstruction_figure(model, dm, cfg.split, cfg.num_reconstructions)),
         ("interpolation", lambda: interpolation_figure(model, dm, cfg.split, cfg.interpolation_steps)),
-        ("forecasts", lambda: forecast_figure(model, dm, cfg.split, cfg.forecast_prefix, cfg.num_forecasts,
-                                              cfg.forecast_windows, cfg.season, cfg.seed)[0]),
+        ("forecasts", lambda: forecast_with_scores(model, dm, cfg, out_dir)),
     ]
     if getattr(dm, "windowed", False):
         figures.append(("anomaly_scores", lambda: anomaly_score_figure(model, dm, cfg.split, cfg.score)))
