@@ -22,6 +22,23 @@ def resolve_data_dir(data_dir: str) -> Path:
     return Path(os.path.expanduser(str(data_dir))).resolve()
 
 
+def read_text_file(path: Path, what: str, setting: str, encoding: str = "utf-8") -> str:
+    """The text of a user's data file; a missing, non-regular, non-UTF-8 or unreadable file is one SeqvaeError
+    naming `what` (e.g. "CSV file x.csv") and the `setting` that points at it."""
+    if not path.exists():
+        raise SeqvaeError(f"{what} does not exist; check {setting}")
+    if not path.is_file():
+        raise SeqvaeError(f"{what} is not a regular file; point {setting} at a file")
+    try:
+        return path.read_text(encoding=encoding)
+    except UnicodeDecodeError as exc:
+        raise SeqvaeError(f"{what} is not UTF-8 (byte {exc.start}: {exc.reason}); convert it, e.g. with "
+                          f"`iconv -t utf-8`") from None
+    except OSError as exc:
+        raise SeqvaeError(f"{what} cannot be read ({exc.strerror or type(exc).__name__}); check its "
+                          f"permissions") from None
+
+
 def batch_limit(limit: int | float | None, num_batches: int) -> int:
     """How many batches a `limit_*_batches` setting allows: None = all, int = count, float = fraction."""
     if limit is None:
@@ -117,7 +134,7 @@ def find_or_download_mnist(data_dir: str, download: bool) -> Path:
     raise SeqvaeError(
         f"MNIST not found: expected {', '.join(missing)} in {raw} ({reason}). "
         f"Set paths.data_dir (or $SEQVAE_DATA_DIR) to the folder that holds MNIST/raw/, "
-        f"or run an experiment that needs no download.")
+        f"or try the offline demo that needs no download: seqvae train experiment=sines")
 
 
 class MNISTData(DataModule):

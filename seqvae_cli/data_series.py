@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from .config import number, one_of
-from .data import Batch, DataModule, batch_limit, resolve_data_dir
+from .data import Batch, DataModule, batch_limit, read_text_file, resolve_data_dir
 from .errors import SeqvaeError
 
 log = logging.getLogger("seqvae")
@@ -536,19 +536,8 @@ def read_csv_series(path: Path, timestamp_column: str | None, value_columns: Seq
     """Read one series from a CSV file with a header row. Every problem is one SeqvaeError line naming the
     file, and the data row (1 = first row after the header), file line and column where relevant."""
     where = f"CSV file {path}"
-    if not path.exists():
-        raise SeqvaeError(f"{where} does not exist; check data.path (relative paths are taken from the directory "
-                          f"seqvae runs in, or from data_dir with data.relative_to=data_dir)")
-    if not path.is_file():
-        raise SeqvaeError(f"{where} is not a regular file; point data.path at a CSV file")
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise SeqvaeError(f"{where} is not UTF-8 (byte {exc.start}: {exc.reason}); convert it, e.g. with "
-                          f"`iconv -t utf-8`") from None
-    except OSError as exc:
-        raise SeqvaeError(f"{where} cannot be read ({exc.strerror or type(exc).__name__}); check its "
-                          f"permissions") from None
+    text = read_text_file(path, where, "data.path (relative paths are taken from the directory seqvae runs in, "
+                                       "or from data_dir with data.relative_to=data_dir)", encoding="utf-8-sig")
     reader = csv.reader(text.splitlines(), delimiter=delimiter)
     header, rows, lines = None, [], []
     try:

@@ -20,7 +20,7 @@ from typing import Iterator, Sequence
 
 import torch
 
-from .data import Batch, DataModule, batch_limit, resolve_data_dir
+from .data import Batch, DataModule, batch_limit, read_text_file, resolve_data_dir
 from .errors import SeqvaeError
 
 log = logging.getLogger("seqvae")
@@ -59,20 +59,8 @@ def tokenize(line: str, tokenizer: str = "whitespace", lowercase: bool = False) 
 
 def read_sentences(path: Path, tokenizer: str, lowercase: bool) -> list[list[str]]:
     """Tokenised non-blank lines of `path`; a missing, unreadable or empty file is a SeqvaeError."""
-    if not path.exists():
-        raise SeqvaeError(f"text file {path} does not exist; check data.train_file/val_file/test_file "
-                          f"and paths.data_dir (or $SEQVAE_DATA_DIR)")
-    if not path.is_file():
-        raise SeqvaeError(f"text file {path} is not a regular file; point the data.*_file setting at a text file "
-                          f"with one sentence per line")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise SeqvaeError(f"text file {path} is not UTF-8 (byte {exc.start}: {exc.reason}); "
-                          f"convert it with e.g. `iconv -t utf-8`") from None
-    except OSError as exc:
-        raise SeqvaeError(f"text file {path} cannot be read ({exc.strerror or type(exc).__name__}); "
-                          f"check its permissions") from None
+    text = read_text_file(path, f"text file {path}", "data.train_file/val_file/test_file and paths.data_dir "
+                                                      "(or $SEQVAE_DATA_DIR)")
     sentences, blank = [], 0
     for line in text.splitlines():
         tokens = tokenize(line, tokenizer, lowercase)
@@ -125,7 +113,7 @@ def find_or_download_ptb(folder: Path, download: bool) -> None:
     raise SeqvaeError(
         f"Penn Treebank not found: expected {', '.join(PTB_MD5)} in {folder} (missing {', '.join(missing)}; "
         f"{reason}). Put Mikolov's PTB split there or set paths.data_dir (or $SEQVAE_DATA_DIR) to the folder "
-        f"that holds ptb/, or run the offline demo in the README (an experiment that needs no download).")
+        f"that holds ptb/, or try the offline demo that needs no download: seqvae train experiment=sines.")
 
 
 def _remove_corrupt(folder: Path, names: list[str]) -> None:
