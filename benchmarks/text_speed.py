@@ -32,7 +32,6 @@ Run (from the repository root):
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import random
 import time

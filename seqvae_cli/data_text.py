@@ -12,7 +12,6 @@ The vocabulary travels with checkpoints (state_dict), so eval/sample never rebui
 from __future__ import annotations
 
 import logging
-import math
 import re
 from collections import Counter
 from pathlib import Path
@@ -250,7 +249,7 @@ class TextData(DataModule):
         raise SeqvaeError(
             f"the checkpoint's vocabulary does not match the data: it has {len(stored)} entries, while "
             f"{self.paths['train']} gives {len(built)} with the same settings "
-            + (f"(same words in a different order)" if same_set else f"({differ} words are in only one of them)")
+            + ("(same words in a different order)" if same_set else f"({differ} words are in only one of them)")
             + "; the training file changed since the run was trained. Point data.train_file / paths.data_dir "
               "(or $SEQVAE_DATA_DIR) at the file the run was trained on, or train a new run on this data")
 

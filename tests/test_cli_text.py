@@ -18,7 +18,7 @@ from tensorboard.util import tensor_util
 
 from conftest import (DATA_DIR, SMOKE_ARGS, Run, assert_one_error_line, clone_run, describe, run_seqvae,
                       seqvae_env)
-from test_resume import load_state, start_and_kill_at_first_checkpoint
+from test_resume import kill_then_resume, load_state
 
 PTB_FILES = ("ptb.train.txt", "ptb.valid.txt", "ptb.test.txt")
 SPECIALS = ["<pad>", "<unk>", "<sos>", "<eos>"]
@@ -331,16 +331,7 @@ def text_resume_pair(tmp_path_factory, ptb_data_dir):
     then resumed with trainer.resume=true."""
     work = tmp_path_factory.mktemp("text_resume")
     full = train(work, RESUME_ARGS, "full").run_dir
-    for attempt in range(3):
-        killed = work / f"killed{attempt}"
-        if start_and_kill_at_first_checkpoint(killed, work, RESUME_ARGS):
-            break
-    else:
-        pytest.skip("could not kill the run before it finished in 3 attempts (machine too fast?)")
-    before = load_state(killed / "checkpoints" / "last.pt")
-    assert before["epoch"] < 3, "the kill came after the last epoch: nothing would be resumed"
-    proc = run_seqvae(["train", *RESUME_ARGS, f"run_dir={killed}", "trainer.resume=true"], cwd=work)
-    assert proc.returncode == 0, describe(proc)
+    killed, _, proc = kill_then_resume(work, RESUME_ARGS)
     return full, killed, proc
 
 

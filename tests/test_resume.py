@@ -44,6 +44,22 @@ def start_and_kill_at_first_checkpoint(run_dir, cwd, args, timeout=300.0):
     return proc.returncode == -signal.SIGKILL and not (run_dir / "metrics.json").exists()
 
 
+def kill_then_resume(work, args):
+    """The command `seqvae train ARGS` killed at its first checkpoint (retried up to 3 times), then resumed in
+    place with trainer.resume=true. Returns (run_dir, state of the checkpoint it resumed from, the process)."""
+    for attempt in range(3):
+        killed = work / f"killed{attempt}"
+        if start_and_kill_at_first_checkpoint(killed, work, args):
+            break
+    else:
+        pytest.skip("could not kill the run before it finished in 3 attempts (machine too fast?)")
+    before = load_state(killed / "checkpoints" / "last.pt")
+    assert before["epoch"] < 3, "the kill came after the last epoch: nothing would be resumed"
+    proc = run_seqvae(["train", *args, f"run_dir={killed}", "trainer.resume=true"], cwd=work)
+    assert proc.returncode == 0, describe(proc)
+    return killed, before, proc
+
+
 @pytest.fixture(scope="module")
 def resume_pair(tmp_path_factory, mnist_data_dir):
     """An uninterrupted run, and the same command killed at its first checkpoint then resumed."""
@@ -51,16 +67,7 @@ def resume_pair(tmp_path_factory, mnist_data_dir):
     full = work / "full"
     proc = run_seqvae(["train", *RESUME_ARGS, f"run_dir={full}"], cwd=work)
     assert proc.returncode == 0, describe(proc)
-    for attempt in range(3):
-        killed = work / f"killed{attempt}"
-        if start_and_kill_at_first_checkpoint(killed, work, RESUME_ARGS):
-            break
-    else:
-        pytest.skip("could not kill the run before it finished in 3 attempts (machine too fast?)")
-    before = load_state(killed / "checkpoints" / "last.pt")
-    assert before["epoch"] < 3, "the kill came after the last epoch: nothing would be resumed"
-    proc = run_seqvae(["train", *RESUME_ARGS, f"run_dir={killed}", "trainer.resume=true"], cwd=work)
-    assert proc.returncode == 0, describe(proc)
+    killed, before, proc = kill_then_resume(work, RESUME_ARGS)
     return full, killed, before, proc
 
 

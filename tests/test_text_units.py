@@ -8,7 +8,6 @@ import math
 
 import pytest
 import torch
-from torch.nn import functional as F
 
 from seqvae_cli import decoding
 from seqvae_cli.data_text import SPECIALS, TextData, build_vocabulary, tokenize
