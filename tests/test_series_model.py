@@ -379,3 +379,18 @@ def test_cli_train_eval_on_sines(tmp_path):
     rows = read_csv(run_dir / "scores_test.csv")
     assert len(rows) == 200
     assert float(rows[0]["score"]) == pytest.approx(float(rows[0]["iw_nll"]))
+
+
+def test_resume_equality_for_the_series_model(tmp_path):
+    """Killed at its first checkpoint and resumed, a time-series run ends exactly as the uninterrupted one."""
+    from test_resume import kill_then_resume
+    args = ["model=lstm_vae", "data=sines", *TINY_ARGS, "trainer.max_epochs=3", "trainer.limit_train_batches=10",
+            "data.num_series.train=640", "data.num_series.val=64", "data.num_series.test=100"]
+    full = tmp_path / "full"
+    proc = run_seqvae(["train", *args, f"run_dir={full}"], cwd=tmp_path)
+    assert proc.returncode == 0, describe(proc)
+    killed, _, proc = kill_then_resume(tmp_path, args)
+    a = json.loads((full / "metrics.json").read_text())
+    b = json.loads((killed / "metrics.json").read_text())
+    assert a["steps"] == b["steps"] == 30
+    assert a["val"] == b["val"] and a["test"] == b["test"]      # exactly equal
