@@ -119,8 +119,12 @@ class Run:
 @pytest.fixture(scope="session")
 def smoke_run(tmp_path_factory, mnist_data_dir) -> Run:
     """`seqvae train debug=smoke` on real MNIST, once per session; tests must not modify it (clone_run)."""
-    work = tmp_path_factory.mktemp("smoke")
-    run_dir = work / "run"
-    proc = run_seqvae(["train", *SMOKE_ARGS, f"run_dir={run_dir}"], cwd=work, env=seqvae_env(warnings=True))
+    return train(tmp_path_factory.mktemp("smoke"), SMOKE_ARGS, env=seqvae_env(warnings=True))
+
+
+def train(work: Path, args: list[str], name: str = "run", env: dict | None = None) -> Run:
+    """`seqvae train ARGS run_dir=WORK/NAME`, which must succeed."""
+    run_dir = work / name
+    proc = run_seqvae(["train", *args, f"run_dir={run_dir}"], cwd=work, env=env)
     assert proc.returncode == 0, describe(proc)
     return Run(run_dir, proc)

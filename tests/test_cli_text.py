@@ -17,7 +17,7 @@ from tensorboard.backend.event_processing import event_accumulator as ea
 from tensorboard.util import tensor_util
 
 from conftest import (DATA_DIR, SMOKE_ARGS, Run, assert_one_error_line, clone_run, describe, run_seqvae,
-                      seqvae_env)
+                      seqvae_env, train)
 from test_resume import kill_then_resume, load_state
 
 PTB_FILES = ("ptb.train.txt", "ptb.valid.txt", "ptb.test.txt")
@@ -49,21 +49,10 @@ def ptb_data_dir():
     return DATA_DIR
 
 
-def train(work, args, name="run") -> Run:
-    run_dir = work / name
-    proc = run_seqvae(["train", *args, f"run_dir={run_dir}"], cwd=work)
-    assert proc.returncode == 0, describe(proc)
-    return Run(run_dir, proc)
-
-
 @pytest.fixture(scope="module")
 def vae_run(tmp_path_factory, ptb_data_dir) -> Run:
     """`seqvae train model=lstm_vae data=ptb debug=smoke` once per module; tests must not modify it."""
-    work = tmp_path_factory.mktemp("ptb_vae")
-    run_dir = work / "run"
-    proc = run_seqvae(["train", *VAE_ARGS, f"run_dir={run_dir}"], cwd=work, env=seqvae_env(warnings=True))
-    assert proc.returncode == 0, describe(proc)
-    return Run(run_dir, proc)
+    return train(tmp_path_factory.mktemp("ptb_vae"), VAE_ARGS, env=seqvae_env(warnings=True))
 
 
 @pytest.fixture(scope="module")

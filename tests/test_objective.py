@@ -18,11 +18,16 @@ from seqvae_cli.trainer import lr_factor
 from conftest import CONF_DIR
 
 
-def objective_cfg(**changes):
-    cfg = OmegaConf.load(CONF_DIR / "objective" / "elbo.yaml")
+def group_cfg(group: str, option: str, **changes):
+    """conf/GROUP/OPTION.yaml with `changes` (dotted keys) applied."""
+    cfg = OmegaConf.load(CONF_DIR / group / f"{option}.yaml")
     for key, value in changes.items():
         OmegaConf.update(cfg, key, value)
     return cfg
+
+
+def objective_cfg(**changes):
+    return group_cfg("objective", "elbo", **changes)
 
 
 # ------------------------------------------------------------------------------------ densities
@@ -255,10 +260,7 @@ def test_beta_scales_the_schedule():
 # ----------------------------------------------------------------------------------- lr schedule
 
 def optim_cfg(**changes):
-    cfg = OmegaConf.load(CONF_DIR / "optim" / "adam.yaml")
-    for key, value in changes.items():
-        OmegaConf.update(cfg, key, value)
-    return cfg
+    return group_cfg("optim", "adam", **changes)
 
 
 def test_lr_factor_constant_and_warmup():
