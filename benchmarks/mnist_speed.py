@@ -10,8 +10,8 @@ What is compared
     of the training file; seqvae validates on the last 10k). Its per-batch progress prints are left out.
 
 Only the training pass is timed (no validation, test pass or sample images), with time.perf_counter.
-Epochs of the two alternate (seqvae 1, textbook 1, seqvae 2, ...) so that a change in the load of the
-machine hits both alike; the speed-up is the mean of the per-epoch ratios textbook/seqvae.
+Epochs alternate (seqvae 1, seqvae bf16 1, textbook 1, seqvae 2, ...) so that a change in the load of the
+machine hits all three alike; a speed-up is the mean of the per-epoch ratios textbook/seqvae.
 
 Both trainings are made to compute the same thing, so their loss curves must agree to float noise:
   * same initial weights: seqvae's model right after it is built is copied into the textbook model;
@@ -23,9 +23,12 @@ Both trainings are made to compute the same thing, so their loss curves must agr
 What remains is float noise: seqvae minimises the batch mean with BCE-with-logits, the textbook the
 batch sum with BCE on sigmoid outputs, and Adam's eps makes its step depend very slightly on that
 scale. (Checked: a textbook loop using the batch mean and BCE-with-logits tracks seqvae to ~1e-9.)
-The textbook epoch loss is its summed loss / 50,000 (per example). seqvae's is the mean of its 391
-batch means, in which the last batch (80 images) counts like a full one; a last line reports the
-difference with the textbook loss averaged that way too, to separate that effect from float noise.
+Both epoch losses are per example: the textbook's summed loss / 50,000, seqvae's batch losses weighted by
+batch size.
+
+A third side runs seqvae with trainer.precision=bf16-mixed (same seed, weights and batches): its matmuls
+run in bfloat16 under autocast, so its loss curve differs from the others by bfloat16 rounding, more than
+float noise; its speed-up is printed on its own line.
 
 Run (from the repository root):
     export SEQVAE_DATA_DIR=/work/shared/data      # the folder holding MNIST/raw/
@@ -96,26 +99,18 @@ def loss_function(recon_x, x, mu, logvar):
     return bce + kld
 
 
-def textbook_train_epoch(model, loader, optimizer) -> tuple[float, float]:
-    """The example's train(epoch) without its prints.
-
-    Returns the summed loss over the epoch and, for a like-for-like check only, the mean over batches
-    of the per-example batch loss (how seqvae's train_epoch averages; one float division per step).
-    """
+def textbook_train_epoch(model, loader, optimizer) -> float:
+    """The example's train(epoch) without its prints; returns the loss summed over the epoch."""
     model.train()
     train_loss = 0.0
-    batch_means, num_batches = 0.0, 0
     for data, _ in loader:
         optimizer.zero_grad()
         recon_batch, mu, logvar = model(data)
         loss = loss_function(recon_batch, data, mu, logvar)
         loss.backward()
-        step_loss = loss.item()
-        train_loss += step_loss
-        batch_means += step_loss / len(data)
-        num_batches += 1
+        train_loss += loss.item()
         optimizer.step()
-    return train_loss, batch_means / num_batches
+    return train_loss
 
 
 class OnePermutationPerEpoch(RandomSampler):
@@ -170,11 +165,15 @@ def main() -> None:
     validate(cfg)  # the checks `seqvae train` runs first
 
     run_tmp = tempfile.TemporaryDirectory(prefix="seqvae_bench_")  # TensorBoard events land here
-    trainer = Trainer(cfg, Path(run_tmp.name), [])
+    trainer = Trainer(cfg, Path(run_tmp.name) / "fp32", [])
     # The constructor ran torch.manual_seed(seed) and then initialised the model's layers from the global
     # RNG; this state is where the reparameterisation noise of training starts.
     rng_at_start = torch.get_rng_state()
     initial_weights = copy.deepcopy(trainer.model.state_dict())
+    # The same run with trainer.precision=bf16-mixed: same seed, so the same initial weights and noise stream.
+    cfg_bf16 = cfg.copy()
+    cfg_bf16.trainer.precision = "bf16-mixed"
+    trainer_bf16 = Trainer(cfg_bf16, Path(run_tmp.name) / "bf16", [])
 
     # ---- textbook, made to start where seqvae starts ----
     train_set = Subset(datasets.MNIST(data_dir, train=True, transform=transforms.ToTensor()), range(NUM_TRAIN))
@@ -193,42 +192,48 @@ def main() -> None:
     optimizer = torch.optim.Adam(textbook.parameters(), lr=1e-3)
 
     # ---- train, alternating epochs; each side keeps its own global-RNG stream ----
-    rng = {"seqvae": rng_at_start, "textbook": rng_at_start.clone()}
+    rng = {"seqvae": rng_at_start, "bf16": rng_at_start.clone(), "textbook": rng_at_start.clone()}
+
+    def timed_epoch(name, run):
+        torch.set_rng_state(rng[name])
+        start = time.perf_counter()
+        loss = run()
+        seconds = time.perf_counter() - start
+        rng[name] = torch.get_rng_state()
+        return seconds, loss
+
+    def seqvae_epoch(t: Trainer) -> float:
+        loss = t.train_epoch()["loss"]  # the per-example mean over the epoch
+        t.epoch += 1  # as fit() does after each train_epoch()
+        return loss
+
     rows = []
     for epoch in range(1, args.epochs + 1):
-        torch.set_rng_state(rng["seqvae"])
-        start = time.perf_counter()
-        seqvae_loss = trainer.train_epoch()["loss"]
-        seqvae_s = time.perf_counter() - start
-        rng["seqvae"] = torch.get_rng_state()
-        trainer.epoch += 1  # as fit() does after each train_epoch()
-
-        torch.set_rng_state(rng["textbook"])
-        start = time.perf_counter()
-        textbook_sum, textbook_batch_avg = textbook_train_epoch(textbook, loader, optimizer)
-        textbook_s = time.perf_counter() - start
-        rng["textbook"] = torch.get_rng_state()
+        seqvae_s, seqvae_loss = timed_epoch("seqvae", lambda: seqvae_epoch(trainer))
+        bf16_s, bf16_loss = timed_epoch("bf16", lambda: seqvae_epoch(trainer_bf16))
+        textbook_s, textbook_sum = timed_epoch("textbook", lambda: textbook_train_epoch(textbook, loader, optimizer))
         textbook_loss = textbook_sum / len(train_set)
-
-        rows.append((epoch, seqvae_s, textbook_s, textbook_s / seqvae_s, seqvae_loss, textbook_loss,
-                     abs(textbook_loss - seqvae_loss) / abs(seqvae_loss),
-                     abs(textbook_batch_avg - seqvae_loss) / abs(seqvae_loss)))
-    trainer.writer.close()
+        rows.append((epoch, seqvae_s, bf16_s, textbook_s, seqvae_loss, bf16_loss, textbook_loss))
+    for t in (trainer, trainer_bf16):
+        t.writer.close()
     run_tmp.cleanup()
 
     print(f"MNIST VAE 784-400-20, batch 128, Adam 1e-3, {NUM_TRAIN} training images, seed {seed}, "
           f"CPU, {threads} torch thread(s); training pass only")
-    header = ("epoch", "seqvae s", "textbook s", "ratio", "seqvae loss", "textbook loss", "rel. diff")
-    print("{:>5}  {:>9}  {:>10}  {:>6}  {:>12}  {:>13}  {:>9}".format(*header))
-    for e, ss, ts, ratio, sl, tl, rd, _ in rows:
-        print(f"{e:>5}  {ss:>9.2f}  {ts:>10.2f}  {ratio:>5.2f}x  {sl:>12.4f}  {tl:>13.4f}  {rd:>9.1e}")
-    mean_ratio = sum(r[3] for r in rows) / len(rows)
-    max_diff = max(r[6] for r in rows)
-    print(f"speed-up: {mean_ratio:.1f}x per epoch (target >= 3x); max relative loss difference {max_diff:.1e}")
-    # seqvae's epoch loss gives each of its 391 batches the same weight, although the last one holds only
-    # 50000 - 390 * 128 = 80 images; averaged the same way the textbook loss differs by this much:
-    print("same loss averaged over batches like seqvae's train_epoch: max relative difference "
-          f"{max(r[7] for r in rows):.1e}")
+    header = ("epoch", "seqvae s", "bf16 s", "textbook s", "ratio", "bf16", "seqvae loss", "bf16 loss",
+              "textbook loss")
+    print("{:>5}  {:>8}  {:>6}  {:>10}  {:>6}  {:>6}  {:>11}  {:>9}  {:>13}".format(*header))
+    for e, ss, bs, ts, sl, bl, tl in rows:
+        print(f"{e:>5}  {ss:>8.2f}  {bs:>6.2f}  {ts:>10.2f}  {ts / ss:>5.2f}x  {ts / bs:>5.2f}x  {sl:>11.4f}  "
+              f"{bl:>9.4f}  {tl:>13.4f}")
+    ratio = sum(r[3] / r[1] for r in rows) / len(rows)
+    ratio_bf16 = sum(r[3] / r[2] for r in rows) / len(rows)
+    diff = max(abs(r[6] - r[4]) / abs(r[4]) for r in rows)
+    diff_bf16 = max(abs(r[6] - r[5]) / abs(r[5]) for r in rows)
+    print(f"speed-up, float32 (the default): {ratio:.2f}x per epoch (target >= 3x); max relative loss difference "
+          f"to the textbook {diff:.1e} (float noise)")
+    print(f"speed-up, trainer.precision=bf16-mixed: {ratio_bf16:.2f}x per epoch; max relative loss difference to "
+          f"the textbook {diff_bf16:.1e} (bfloat16 rounding of the matmuls, not float noise)")
 
 
 if __name__ == "__main__":

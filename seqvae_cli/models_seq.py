@@ -379,7 +379,7 @@ class LSTMVAE(_TextDecoderMixin, LatentModel):
         """-Σ_t log softmax(bow(z))[x_t] over the sentence's tokens (incl. <eos>, not pad): z [B, D] -> [B]
         (or [S, B, D] -> [S, B])."""
         x = batch["x"]
-        log_p = F.log_softmax(self.bow(z), dim=-1)                     # [..., B, V]
+        log_p = F.log_softmax(self.bow(z).float(), dim=-1)             # [..., B, V], float32 under autocast too
         idx = x.expand(log_p.shape[:-1] + x.shape[-1:])
         picked = log_p.gather(-1, idx)                                 # [..., B, T]
         return -(picked * (x != self.io.pad_id)).sum(-1)

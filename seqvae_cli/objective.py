@@ -126,7 +126,8 @@ class Objective:
             rec = model.log_likelihood(batch, None)[0]
             zero = rec.new_zeros(())
             return Terms(-rec.mean(), rec.mean(), zero, rec.new_zeros(0), -rec.mean(), zero, None)
-        mu, logvar = model.encode(batch)
+        # Under bf16-mixed autocast the heads' outputs are bfloat16: the KL and the bounds are summed in float32.
+        mu, logvar = (t.float() for t in model.encode(batch))
         if not model.variational or step < self.pretrain_steps:
             z = mu.unsqueeze(0)
             rec = model.log_likelihood(batch, z)[0]

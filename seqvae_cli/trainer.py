@@ -37,7 +37,8 @@ RESUMABLE_OVERRIDES = CARRIED_OVER + ("run_dir", "hydra")
 
 def make_optimizer(model: LatentModel, cfg: DictConfig) -> torch.optim.Optimizer:
     cls = torch.optim.Adam if cfg.name == "adam" else torch.optim.AdamW
-    return cls(model.parameters(), lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay)
+    return cls(model.parameters(), lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay,
+               fused=bool(cfg.get("fused", False)))
 
 
 def lr_factor(cfg: DictConfig, step: int, total_steps: int, steps_per_epoch: int) -> float:
@@ -103,6 +104,7 @@ class Trainer:
         torch.manual_seed(tc.seed)
         self.dm, self.model = build(cfg, self.device, state.get("data_state") if state else None)
         self.optimizer = make_optimizer(self.model, cfg.optim)
+        self.bf16 = str(tc.precision) == "bf16-mixed"
         self.steps_per_epoch = self.dm.num_train_batches(tc.limit_train_batches)
         by_epochs = tc.max_epochs * self.steps_per_epoch
         self.total_steps = min(by_epochs, tc.max_steps) if tc.max_steps > 0 else by_epochs
@@ -194,7 +196,8 @@ class Trainer:
         for batch in bar:
             if self.step >= self.total_steps:
                 break
-            terms = self.objective(self.model, batch, self.step)
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+                terms = self.objective(self.model, batch, self.step)
             if not torch.isfinite(terms.loss):
                 self.stop_non_finite(f"loss became {float(terms.loss)}")
             self.optimizer.zero_grad(set_to_none=True)

@@ -399,3 +399,38 @@ def test_ae_pretraining_step_is_a_deterministic_autoencoder(small_model_and_data
     after = obj(model, part, step=10)                                   # pre-training over: the ELBO
     torch.testing.assert_close(after.loss, after.neg_elbo)
     model.zero_grad()
+
+
+# ------------------------------------------------------------------------- trainer.precision=bf16-mixed
+
+def bf16_cases():
+    from seqvae_cli.models_seq import LSTMLM, LSTMVAE, SeriesLSTMVAE
+    gen = torch.Generator().manual_seed(3)
+    text = {"x": torch.tensor([[5, 6, 7, 8, 3], [9, 3, 0, 0, 0], [4, 10, 11, 3, 0]]), "lengths": torch.tensor([5, 2, 4])}
+    torch.manual_seed(0)
+    return [
+        ("mlp_vae", MLPVAE(input_dim=30, hidden_sizes=[16], latent_dim=3), {"x": torch.rand(8, 30, generator=gen)}, {}),
+        ("lstm_vae+bow", LSTMVAE(12, embed_dim=6, hidden_size=7, latent_dim=3), text, {"bow_weight": 1.0}),
+        ("lstm_lm", LSTMLM(12, embed_dim=6, hidden_size=7), text, {}),
+        ("series", SeriesLSTMVAE(num_channels=2, seq_len=9, embed_dim=4, hidden_size=5, latent_dim=3),
+         {"x": torch.randn(4, 9, 2, generator=gen)}, {}),
+    ]
+
+
+@pytest.mark.parametrize("name,model,batch,changes", bf16_cases(), ids=lambda c: c if isinstance(c, str) else "")
+def test_bf16_autocast_keeps_the_objective_in_float32(name, model, batch, changes):
+    """What Trainer.train_epoch does with trainer.precision=bf16-mixed: the matmuls and RNNs run in bfloat16, but
+    the loss, KL and bounds are summed in float32 and agree with the float32 objective to bfloat16 rounding."""
+    model.train()
+    obj = Objective(objective_cfg(**changes), total_steps=100, steps_per_epoch=10)
+    torch.manual_seed(1)
+    full = obj(model, batch, step=50)
+    torch.manual_seed(1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = obj(model, batch, step=50)
+    for field in ("loss", "rec", "kl", "neg_elbo", "aux"):
+        assert getattr(mixed, field).dtype == torch.float32, field
+        torch.testing.assert_close(getattr(mixed, field), getattr(full, field), rtol=3e-2, atol=3e-2)
+    mixed.loss.backward()
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    assert grads and all(g.dtype == torch.float32 and torch.isfinite(g).all() for g in grads)
