@@ -57,7 +57,8 @@ def vae_run(tmp_path_factory, ptb_data_dir) -> Run:
 
 @pytest.fixture(scope="module")
 def lm_run(tmp_path_factory, ptb_data_dir) -> Run:
-    return train(tmp_path_factory.mktemp("ptb_lm"), LM_ARGS)
+    """The language model trains with trainer.precision=bf16-mixed: that path end to end, at no extra cost."""
+    return train(tmp_path_factory.mktemp("ptb_lm"), [*LM_ARGS, "trainer.precision=bf16-mixed"])
 
 
 def ppl_of(nats_per_sentence: float, metrics: dict) -> float:
@@ -267,6 +268,8 @@ def test_language_model_train_and_eval(lm_run, tmp_path):
         assert m["ppl"] == pytest.approx(ppl_of(m["nll"], m), rel=1e-6)
     state = load_state(lm_run.run_dir / "checkpoints" / "best.pt")
     assert len(state["data_state"]["itos"]) == PTB_VOCAB
+    assert state["config"]["trainer"]["precision"] == "bf16-mixed"
+    assert all(w.dtype == torch.float32 for w in state["model"].values() if w.is_floating_point())
     acc = text_events(lm_run.run_dir)
     assert text_tag(acc, "text/prior_samples") and not text_tag(acc, "text/reconstructions")
 
