@@ -12,18 +12,20 @@ latent 16, batch 32, the 10,002-word PTB vocabulary seqvae builds, Adam 1e-3, no
     heads, Linear z -> initial decoder state, a GRU decoder over the full padded length, the output
     projection + log-softmax at ALL padded positions, NLLLoss(ignore_index=pad, sum) + KL, divided
     by the batch size.
+  * seqvae bf16: the same seqvae step under trainer.precision=bf16-mixed (torch.autocast in bfloat16), from the
+    same initial weights, on its own copy of the model.
 Tokens = non-pad target tokens, each sentence's words plus its <eos> (what perplexity counts); the
 same definition on both sides. Each training step is timed end to end (fetching the batch, forward,
 backward, Adam step, loss.item()) with time.perf_counter.
 
-Chunks of batches alternate between the two (after a warm-up of each), so that a change in the load
-of the machine hits both alike. The textbook side pads to the batch maximum (about 2.5x the real
+Chunks of batches alternate between the three (after a warm-up of each), so that a change in the load
+of the machine hits all alike. The textbook side pads to the batch maximum (about 2.5x the real
 tokens on PTB) and projects every padded position onto the vocabulary; seqvae's buckets carry little
 padding and it projects only real tokens.
 
 Then the importance-weighted NLL pass of `seqvae eval` (seqvae_cli.evaluate.iw_log_likelihood,
 k=500) is timed on a length-stratified subset of test sentences and extrapolated to the 3,761 test
-sentences by their token count, printed next to one training epoch (42,068 sentences) at (a)'s speed.
+sentences by their token count, printed next to one training epoch (42,068 sentences) at seqvae's float32 and bf16-mixed speeds.
 
 Run (from the repository root):
     export SEQVAE_DATA_DIR=/work/shared/data      # the folder holding ptb/
@@ -287,7 +289,8 @@ def main() -> None:
           f"({test_tokens:,} tokens): ~{iw_full / 60:.1f} min (~{iw_full_cpu / 60:.1f} CPU-min)")
     print(f"one training epoch ({dm.num_examples('train'):,} sentences, {epoch_tokens:,} tokens) at seqvae's "
           f"{seqvae_tps:,.0f} tokens/s: ~{epoch_s / 60:.1f} min (~{epoch_cpu / 60:.1f} CPU-min); the IW-NLL test "
-          f"pass costs ~{iw_full / epoch_s:.1f} epochs")
+          f"pass costs ~{iw_full / epoch_s:.1f} epochs, or ~{iw_full / (epoch_tokens / bf16_tps):.1f} epochs trained with "
+          f"bf16-mixed at {bf16_tps:,.0f} tokens/s")
 
 if __name__ == "__main__":
     main()

@@ -87,12 +87,15 @@ def eval_app(cfg: DictConfig) -> dict | float:
         started = time.time()
         metrics = public(evaluate(model, dm, cfg.split, iw_samples=k, limit=limit, batch_size=batch_size,
                                   rows_per_chunk=cfg.iw_rows_per_chunk, progress=True,
+                                  iw_bf16=str(cfg.iw_precision) == "bf16-mixed",
                                   # time series: the anomaly score, and where its CSV files go
                                   score=cfg.score, out_dir=_run_dir_of(cfg)))
     except SeqvaeError as exc:
         return _fail(exc)
     metrics.update(seconds=round(time.time() - started, 1), checkpoint=str(cfg.checkpoint),
                    checkpoint_epoch=state["epoch"])
+    if "iw_nll" in metrics:
+        metrics["iw_precision"] = str(cfg.iw_precision)
     run_dir = _run_dir_of(cfg)
     out = run_dir / "eval.json"
     results = json.loads(out.read_text()) if out.exists() else {}

@@ -41,6 +41,10 @@ def one_of(*allowed: Any) -> tuple[Callable[[Any], bool], str]:
     return (lambda v: v in allowed), "one of: " + ", ".join(map(str, allowed))
 
 
+def precision_rule() -> tuple[Callable[[Any], bool], str]:
+    return (lambda v: v in (32, "32", "bf16-mixed") and not isinstance(v, bool)), "32 or bf16-mixed"
+
+
 def number(lo: float | None = None, hi: float | None = None, integer: bool = False,
            lo_open: bool = False) -> tuple[Callable[[Any], bool], str]:
     def ok(v: Any) -> bool:
@@ -120,7 +124,8 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "trainer.val_every": number(1, integer=True),
     "trainer.log_every": number(1, integer=True),
     "trainer.seed": number(0, integer=True),
-    "trainer.precision": (lambda v: v in (32, "32", "bf16-mixed") and not isinstance(v, bool), "32 or bf16-mixed"),
+    "trainer.precision": precision_rule(),
+    "iw_precision": precision_rule(),
     "trainer.resume": resume_rule(),
     "trainer.test_iw_samples": number(0, integer=True),
     "split": one_of("train", "val", "test"),

@@ -19,16 +19,21 @@ from .objective import (gaussian_kl, gaussian_log_density, sample_posterior,
 
 @torch.no_grad()
 def iw_log_likelihood(model: LatentModel, batch: Batch, num_samples: int, rows_per_chunk: int = 65536,
-                      mu: torch.Tensor | None = None, logvar: torch.Tensor | None = None) -> torch.Tensor:
-    """log p(x) ≈ log (1/k) Σ_i p(x|z_i) p(z_i) / q(z_i|x), z_i ~ q(z|x); returns [B]."""
+                      mu: torch.Tensor | None = None, logvar: torch.Tensor | None = None,
+                      bf16: bool = False) -> torch.Tensor:
+    """log p(x) ≈ log (1/k) Σ_i p(x|z_i) p(z_i) / q(z_i|x), z_i ~ q(z|x); returns [B].
+    bf16: the decoder passes under bfloat16 autocast (the densities and log-sum-exp stay float32)."""
     if mu is None:
         mu, logvar = model.encode(batch)
+    device_type = mu.device.type
     per_chunk = max(1, rows_per_chunk // mu.shape[0])
     chunks, done = [], 0
     while done < num_samples:
         s = min(per_chunk, num_samples - done)
         z = sample_posterior(mu, logvar, s)
-        log_w = model.log_likelihood(batch, z) + standard_normal_log_density(z) - gaussian_log_density(z, mu, logvar)
+        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16):
+            log_px = model.log_likelihood(batch, z).float()
+        log_w = log_px + standard_normal_log_density(z) - gaussian_log_density(z, mu, logvar)
         chunks.append(torch.logsumexp(log_w, 0))
         done += s
     return torch.logsumexp(torch.stack(chunks), 0) - math.log(num_samples)
@@ -63,13 +68,15 @@ def active_units(mu: torch.Tensor, threshold: float = 0.01) -> int:
 @torch.no_grad()
 def evaluate(model: LatentModel, dm: DataModule, split: str, iw_samples: int = 0, limit: int | float | None = None,
              batch_size: int | None = None, rows_per_chunk: int | None = None, with_mutual_info: bool = True,
-             progress: bool = False, score: str = "neg_elbo", out_dir: Path | None = None) -> dict:
+             progress: bool = False, score: str = "neg_elbo", out_dir: Path | None = None,
+             iw_bf16: bool = False) -> dict:
     """Score `split`: -ELBO, reconstruction, KL, IW-NLL (k=iw_samples, 0 = skip), active units, MI.
 
     Returns the metrics and, under "_mu"/"_kl_per_dim", tensors for histograms (not for JSON); under
     "_per_example", each example's rec/kl/neg_elbo/iw_nll in nats [N] (CPU, in eval_batches order).
     Time series (dm.kind == "series") add anomaly.series_evaluation's metrics: reconstruction MSE, and
-    AUROC/AUPRC/best F1 of the per-example `score` (neg_elbo | rec | iw_nll); with out_dir, its CSV files."""
+    AUROC/AUPRC/best F1 of the per-example `score` (neg_elbo | rec | iw_nll); with out_dir, its CSV files.
+    iw_bf16: the IW-NLL's decoder passes in bfloat16 autocast (`seqvae eval iw_precision=bf16-mixed`)."""
     was_training = model.training
     rows_per_chunk = rows_per_chunk or dm.iw_rows_per_chunk
     model.eval()
@@ -99,7 +106,7 @@ def evaluate(model: LatentModel, dm: DataModule, split: str, iw_samples: int = 0
             kl_dims.append(kl.sum(0))
             mus.append(mu), logvars.append(logvar)
             if iw_samples > 0:
-                iw_ll = iw_log_likelihood(model, batch, iw_samples, rows_per_chunk, mu, logvar)
+                iw_ll = iw_log_likelihood(model, batch, iw_samples, rows_per_chunk, mu, logvar, iw_bf16)
                 sums["iw_ll"] += float(iw_ll.sum())
                 per["iw_nll"].append(-iw_ll)
         else:

@@ -184,14 +184,17 @@ def test_eval_iw_nll_and_perplexity(vae_run, tmp_path):
     assert test["ppl"] == pytest.approx(ppl_of(test["iw_nll"], test), rel=1e-6)
     assert test["ppl_elbo"] == pytest.approx(ppl_of(test["neg_elbo"], test), rel=1e-6)
     assert test["checkpoint_epoch"] == json.loads((run / "metrics.json").read_text())["best_epoch"]
+    assert test["iw_precision"] == "32"
 
 
 def test_eval_limit_examples_is_a_number_of_examples(vae_run, tmp_path):
+    """Also the bfloat16 IW pass: eval.json says how its IW-NLL was computed."""
     run = clone_run(vae_run.run_dir, tmp_path / "run")
-    proc = run_seqvae(["eval", f"run_dir={run}", "iw_samples=1", "limit_examples=64", "batch_size=100", ONE_THREAD],
-                      cwd=tmp_path)
+    proc = run_seqvae(["eval", f"run_dir={run}", "iw_samples=1", "limit_examples=64", "batch_size=100",
+                       "iw_precision=bf16-mixed", ONE_THREAD], cwd=tmp_path)
     assert proc.returncode == 0, describe(proc)
-    assert json.loads((run / "eval.json").read_text())["test"]["num_examples"] == 64
+    test = json.loads((run / "eval.json").read_text())["test"]
+    assert test["num_examples"] == 64 and test["iw_precision"] == "bf16-mixed"
 
 
 # ------------------------------------------------------------------------------------------ (c) sample
