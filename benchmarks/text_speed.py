@@ -263,34 +263,36 @@ def main() -> None:
               f"{TARGET_FACTOR:.0f}x ({target:,.0f} tokens/s)")
     print(f"  the textbook loop here runs at {textbook_tps / REPLICATION_TOKENS_PER_S:.1f}x the replication's speed")
     print(f"  load-independent views: per CPU-second seqvae {per_cpu_s['seqvae']:,.0f} tokens "
-          f"({per_cpu_s['seqvae'] / REPLICATION_TOKENS_PER_S:.1f}x the replication); scaled so that the textbook loop "
+          f"({per_cpu_s['seqvae'] / REPLICATION_TOKENS_PER_S:.1f}x the replication), with bf16-mixed "
+          f"{per_cpu_s['bf16']:,.0f} ({per_cpu_s['bf16'] / REPLICATION_TOKENS_PER_S:.1f}x); scaled so that the textbook loop "
           f"here would run at ~{REPLICATION_TOKENS_PER_S:,}, seqvae ~{seqvae_tps / textbook_tps * REPLICATION_TOKENS_PER_S:,.0f} "
           f"tokens/s ({seqvae_tps / textbook_tps:.1f}x)")
 
-    # ---- IW-NLL timing (float32, as `seqvae eval`), extrapolated to the test split ----
+    # ---- IW-NLL timing (float32 as `seqvae eval`, then iw_precision=bf16-mixed), extrapolated to the test split ----
     model.eval()
     test_lengths = dm._cpu_lengths["test"]
     order = torch.sort(test_lengths, stable=True).indices
     n_test = order.numel()
     pick = order[torch.linspace(0, n_test - 1, min(args.iw_sentences, n_test)).round().long()]   # stratified by length
     sub_tokens = int(test_lengths[pick].sum())
-    torch.manual_seed(args.seed)
-    start, cpu_start = time.perf_counter(), time.process_time()
-    for idx in torch.split(pick, 16):            # length-sorted groups, as the eval batches are sorted
-        batch = dm._gather("test", idx)
-        iw_log_likelihood(model, batch, args.iw_samples, dm.iw_rows_per_chunk)
-    iw_s, iw_cpu = time.perf_counter() - start, time.process_time() - cpu_start
     test_tokens = dm.num_tokens("test")
-    iw_full, iw_full_cpu = iw_s * test_tokens / sub_tokens, iw_cpu * test_tokens / sub_tokens
     epoch_tokens = dm.num_tokens("train")
-    epoch_s, epoch_cpu = epoch_tokens / seqvae_tps, epoch_tokens / per_cpu_s["seqvae"]
-    print(f"IW-NLL k={args.iw_samples}: {pick.numel()} test sentences ({sub_tokens} tokens, length-stratified) in "
-          f"{iw_s:.1f} s ({iw_cpu:.1f} CPU-s); extrapolated by tokens to all {n_test:,} test sentences "
-          f"({test_tokens:,} tokens): ~{iw_full / 60:.1f} min (~{iw_full_cpu / 60:.1f} CPU-min)")
-    print(f"one training epoch ({dm.num_examples('train'):,} sentences, {epoch_tokens:,} tokens) at seqvae's "
-          f"{seqvae_tps:,.0f} tokens/s: ~{epoch_s / 60:.1f} min (~{epoch_cpu / 60:.1f} CPU-min); the IW-NLL test "
-          f"pass costs ~{iw_full / epoch_s:.1f} epochs, or ~{iw_full / (epoch_tokens / bf16_tps):.1f} epochs trained with "
-          f"bf16-mixed at {bf16_tps:,.0f} tokens/s")
+    epoch_s = epoch_tokens / seqvae_tps
+    print(f"one training epoch ({dm.num_examples('train'):,} sentences, {epoch_tokens:,} tokens): ~{epoch_s / 60:.1f} min "
+          f"at seqvae's float32 {seqvae_tps:,.0f} tokens/s, ~{epoch_tokens / bf16_tps / 60:.1f} min with bf16-mixed")
+    for label, iw_bf16 in (("iw_precision=32", False), ("iw_precision=bf16-mixed", True)):
+        torch.manual_seed(args.seed)
+        start, cpu_start = time.perf_counter(), time.process_time()
+        for idx in torch.split(pick, 16):            # length-sorted groups, as the eval batches are sorted
+            batch = dm._gather("test", idx)
+            iw_log_likelihood(model, batch, args.iw_samples, dm.iw_rows_per_chunk, bf16=iw_bf16)
+        iw_s, iw_cpu = time.perf_counter() - start, time.process_time() - cpu_start
+        iw_full, iw_full_cpu = iw_s * test_tokens / sub_tokens, iw_cpu * test_tokens / sub_tokens
+        print(f"IW-NLL k={args.iw_samples}, {label}: {pick.numel()} test sentences ({sub_tokens} tokens, "
+              f"length-stratified) in {iw_s:.1f} s ({iw_cpu:.1f} CPU-s); extrapolated by tokens to all {n_test:,} "
+              f"test sentences ({test_tokens:,} tokens): ~{iw_full / 60:.1f} min (~{iw_full_cpu / 60:.1f} CPU-min), "
+              f"~{iw_full / epoch_s:.1f} float32 training epochs")
+
 
 if __name__ == "__main__":
     main()
