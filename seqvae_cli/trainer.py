@@ -102,7 +102,7 @@ class Trainer:
         self.cfg = cfg
         tc = cfg.trainer
         self.device = setup_device(cfg.device)
-        self.bf16 = str(tc.precision) == "bf16-mixed"
+        self.bf16 = str(tc.get("precision", 32)) == "bf16-mixed"   # runs from before the setting trained in 32
         if self.bf16 and self.device.type == "cpu":
             # With bfloat16 LSTMs the oneDNN primitive cache (1,024 entries by default) grew a PTB run past 8 GB;
             # 256 entries held a 600-step test near 3 GB at no measured speed cost. oneDNN reads this when it first
