@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import time
 from pathlib import Path
 
@@ -101,13 +100,8 @@ class Trainer:
             log.info("resuming from %s (epoch %d, step %d)", path, state["epoch"], state["step"])
         self.cfg = cfg
         tc = cfg.trainer
-        self.device = setup_device(cfg.device)
         self.bf16 = str(tc.get("precision", 32)) == "bf16-mixed"   # runs from before the setting trained in 32
-        if self.bf16 and self.device.type == "cpu":
-            # With bfloat16 LSTMs the oneDNN primitive cache (1,024 entries by default) grew a PTB run past 8 GB;
-            # 256 entries held a 600-step test near 3 GB at no measured speed cost. oneDNN reads this when it first
-            # runs, in the first training step; a user's own setting wins.
-            os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "256")
+        self.device = setup_device(cfg.device, self.bf16)
         torch.manual_seed(tc.seed)
         self.dm, self.model = build(cfg, self.device, state.get("data_state") if state else None)
         self.optimizer = make_optimizer(self.model, cfg.optim)

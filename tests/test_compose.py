@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import os
 
 import pytest
 from hydra import compose, initialize_config_dir
@@ -16,7 +17,7 @@ from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, RangeSw
 from hydra.utils import get_class
 from omegaconf import OmegaConf, open_dict
 
-from seqvae_cli.config import register_resolvers, validate
+from seqvae_cli.config import register_resolvers, setup_device, validate
 from seqvae_cli.errors import SeqvaeError
 
 from conftest import CONF_DIR
@@ -211,3 +212,17 @@ def test_validate_accepts_good_values(hydra_conf, override):
 def test_likelihood_message_lists_the_allowed_values(hydra_conf):
     with pytest.raises(SeqvaeError, match="bernoulli, gaussian"):
         validate(compose_train(["model.likelihood=poisson"])[0])
+
+
+def test_bf16_on_cpu_bounds_onednn_primitive_cache(monkeypatch):
+    """bfloat16 LSTMs filled oneDNN's default 1,024-entry primitive cache past 8 GB: setup_device caps it, unless
+    the user set it."""
+    cpu = OmegaConf.create({"type": "cpu", "num_threads": None})
+    monkeypatch.delenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", raising=False)
+    setup_device(cpu)
+    assert "ONEDNN_PRIMITIVE_CACHE_CAPACITY" not in os.environ
+    assert setup_device(cpu, bf16=True).type == "cpu"
+    assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "256"
+    monkeypatch.setenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "64")
+    setup_device(cpu, bf16=True)
+    assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "64"
