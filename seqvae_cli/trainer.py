@@ -28,11 +28,13 @@ from .objective import Objective
 
 log = logging.getLogger("seqvae")
 
-# Settings a resumed run takes from the command line; everything else comes from the checkpoint's config.
-CARRIED_OVER = ("trainer.resume", "trainer.max_epochs", "trainer.max_steps", "trainer.progress_bar",
-                "trainer.test", "trainer.test_iw_samples", "trainer.log_visuals", "device", "paths",
-                "data.data_dir")
-RESUMABLE_OVERRIDES = CARRIED_OVER + ("run_dir", "hydra")
+# A resumed run takes its config from the checkpoint, except: where and how this process runs, always from the
+# resuming command; and how long to train and what to report at the end, when that command overrides them
+# explicitly (its defaults would silently cut a preset's 30 epochs to trainer/default's 20).
+FROM_COMMAND_LINE = ("trainer.resume", "trainer.progress_bar", "device", "paths", "data.data_dir")
+CHANGEABLE_ON_RESUME = ("trainer.max_epochs", "trainer.max_steps", "trainer.test", "trainer.test_iw_samples",
+                        "trainer.log_visuals")
+RESUMABLE_OVERRIDES = FROM_COMMAND_LINE + CHANGEABLE_ON_RESUME + ("run_dir", "hydra")
 
 
 def make_optimizer(model: LatentModel, cfg: DictConfig) -> torch.optim.Optimizer:
@@ -59,8 +61,8 @@ def lr_factor(cfg: DictConfig, step: int, total_steps: int, steps_per_epoch: int
 
 def merge_resumed_config(cfg: DictConfig, stored: DictConfig, overrides: list[str], path: Path) -> DictConfig:
     """The checkpoint's config wins; an explicit override that contradicts it is an error, not silently dropped."""
-    for item in overrides:
-        key = item.split("=", 1)[0].lstrip("+~")
+    explicit = [item.split("=", 1)[0].lstrip("+~") for item in overrides]
+    for key in explicit:
         if key.startswith(RESUMABLE_OVERRIDES):
             continue
         now, then = OmegaConf.select(cfg, key), OmegaConf.select(stored, key)
@@ -70,7 +72,7 @@ def merge_resumed_config(cfg: DictConfig, stored: DictConfig, overrides: list[st
                               f"command asks for {key}={as_plain(now)!r}; drop that override to continue the run, "
                               f"or start a new run without trainer.resume")
     merged = stored.copy()
-    for key in CARRIED_OVER:
+    for key in FROM_COMMAND_LINE + tuple(k for k in CHANGEABLE_ON_RESUME if k in explicit):
         if OmegaConf.select(cfg, key) is not None:
             OmegaConf.update(merged, key, OmegaConf.select(cfg, key), force_add=True)
     return merged

@@ -111,6 +111,9 @@ def test_merge_resumed_config():
                                                 "model.latent_dim=20"], "ckpt")
     assert merged.trainer.max_epochs == 5 and merged.trainer.resume is True   # carried over
     assert merged.paths.data_dir == "/new"
+    # Without an explicit override the run keeps its own length: the command's default (5 here) is not taken.
+    kept = merge_resumed_config(now, stored, ["trainer.resume=true", "run_dir=new"], "ckpt")
+    assert kept.trainer.max_epochs == 2 and kept.trainer.resume is True and kept.paths.data_dir == "/new"
     assert merged.model.latent_dim == 20 and merged.trainer.seed == 42
     changed = OmegaConf.merge(now, {"model": {"latent_dim": 4}})
     with pytest.raises(SeqvaeError, match="model.latent_dim") as info:
