@@ -115,7 +115,7 @@ def sample_app(cfg: DictConfig) -> None:
     from .checkpoint import load_run
     try:
         validate(cfg)
-        device = setup_device(cfg.device, bf16=str(cfg.iw_precision) == "bf16-mixed")
+        device = setup_device(cfg.device)
         _, dm, model, state = load_run(cfg.run_dir, cfg.checkpoint, device, cfg.paths.data_dir)
         if model.latent_dim == 0 and dm.kind != "text":
             raise SeqvaeError("this run's model has no latent variable: there is nothing to sample from a prior")
