@@ -15,7 +15,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 from torch.utils.tensorboard import SummaryWriter
 
-from .config import register_resolvers, setup_device, validate
+from .config import is_bf16, register_resolvers, setup_device, validate
 from .errors import SeqvaeError
 
 log = logging.getLogger("seqvae")
@@ -76,7 +76,7 @@ def eval_app(cfg: DictConfig) -> dict | float:
     from .evaluate import evaluate, public
     try:
         validate(cfg)
-        device = setup_device(cfg.device, bf16=str(cfg.iw_precision) == "bf16-mixed")
+        device = setup_device(cfg.device, bf16=is_bf16(cfg.iw_precision))
         _, dm, model, state = load_run(cfg.run_dir, cfg.checkpoint, device, cfg.paths.data_dir)
         k = cfg.iw_samples or dm.eval_iw_samples
         batch_size, limit = cfg.batch_size, None
@@ -87,7 +87,7 @@ def eval_app(cfg: DictConfig) -> dict | float:
         started = time.time()
         metrics = public(evaluate(model, dm, cfg.split, iw_samples=k, limit=limit, batch_size=batch_size,
                                   rows_per_chunk=cfg.iw_rows_per_chunk, progress=True,
-                                  iw_bf16=str(cfg.iw_precision) == "bf16-mixed",
+                                  iw_bf16=is_bf16(cfg.iw_precision),
                                   # time series: the anomaly score, and where its CSV files go
                                   score=cfg.score, out_dir=_run_dir_of(cfg)))
     except SeqvaeError as exc:

@@ -46,6 +46,11 @@ def precision_rule() -> tuple[Callable[[Any], bool], str]:
     return (lambda v: v in (32, "32", "bf16-mixed") and not isinstance(v, bool)), "32 or bf16-mixed"
 
 
+def is_bf16(precision: Any) -> bool:
+    """A checked precision setting (trainer.precision, eval's iw_precision) -> whether it asks for bf16 autocast."""
+    return str(precision) == "bf16-mixed"
+
+
 def number(lo: float | None = None, hi: float | None = None, integer: bool = False,
            lo_open: bool = False) -> tuple[Callable[[Any], bool], str]:
     def ok(v: Any) -> bool:

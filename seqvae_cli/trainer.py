@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from . import visuals
 from .checkpoint import FORMAT, build, load_checkpoint, load_model_state, save_atomic
-from .config import setup_device
+from .config import is_bf16, setup_device
 from .errors import SeqvaeError
 from .evaluate import evaluate, public
 from .models import LatentModel
@@ -102,7 +102,7 @@ class Trainer:
             log.info("resuming from %s (epoch %d, step %d)", path, state["epoch"], state["step"])
         self.cfg = cfg
         tc = cfg.trainer
-        self.bf16 = str(tc.get("precision", 32)) == "bf16-mixed"   # runs from before the setting trained in 32
+        self.bf16 = is_bf16(tc.get("precision", 32))   # runs from before the setting trained in 32
         self.device = setup_device(cfg.device, self.bf16)
         torch.manual_seed(tc.seed)
         self.dm, self.model = build(cfg, self.device, state.get("data_state") if state else None)
