@@ -134,6 +134,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "iw_precision": precision_rule(),
     "trainer.resume": resume_rule(),
     "trainer.test_iw_samples": number(0, integer=True),
+    "trainer.val_iw_samples": number(0, integer=True),
     "split": one_of("train", "val", "test"),
     "checkpoint": (lambda v: v in ("best", "last") or (isinstance(v, str) and v.endswith(".pt")),
                    "best, last or a path to a .pt file"),
@@ -190,6 +191,10 @@ def validate(cfg: DictConfig, rules: dict = RULES) -> None:
         if not ok(value):
             raise SeqvaeError(f"config error: {key}={value!r} is not allowed; expected {allowed} "
                               f"(fix it with the override {key}=...)")
+    if OmegaConf.select(cfg, "optimized_metric", default=None) == "val/iw_nll" and \
+            not OmegaConf.select(cfg, "trainer.val_iw_samples", default=0):
+        raise SeqvaeError("config error: optimized_metric=val/iw_nll needs the validation IW-NLL, but "
+                          "trainer.val_iw_samples is 0; set trainer.val_iw_samples=K (e.g. 50)")
     # Checked here, before any data loads; trainer.py re-checks against max_steps once batch counts are known.
     pretrain = OmegaConf.select(cfg, "objective.ae_pretrain_epochs", default=0) or 0
     epochs = OmegaConf.select(cfg, "trainer.max_epochs", default=None)

@@ -243,7 +243,8 @@ class Trainer:
 
     def validate(self) -> dict:
         tc = self.cfg.trainer
-        metrics = evaluate(self.model, self.dm, "val", limit=tc.limit_val_batches, with_mutual_info=False)
+        metrics = evaluate(self.model, self.dm, "val", iw_samples=tc.get("val_iw_samples", 0),
+                           limit=tc.limit_val_batches, with_mutual_info=False)
         # An update can turn the weights non-finite after a finite loss: stop before logging or checkpointing.
         if not all(math.isfinite(metrics[k]) for k in ("rec", "kl", "neg_elbo") if k in metrics) or \
                 ("_mu" in metrics and not bool(torch.isfinite(metrics["_mu"]).all())):

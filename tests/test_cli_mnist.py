@@ -160,3 +160,16 @@ def test_train_help_lists_the_config_groups(tmp_path):
     assert re.search(r"^model: .*\bae\b.*\bmlp_vae\b", proc.stdout, re.M)
     assert re.search(r"^experiment: .*mnist_iwae.*mnist_nll.*mnist_pe", proc.stdout, re.M)
 
+
+
+def test_iwae_validates_and_selects_by_the_iw_bound(tmp_path, mnist_data_dir):
+    """experiment=mnist_iwae scores the validation IW-NLL at each validation and picks best.pt by it."""
+    from conftest import SMOKE_ARGS, train
+    run = train(tmp_path, ["experiment=mnist_iwae", *SMOKE_ARGS, "trainer.log_visuals=false"])
+    metrics = json.loads((run.run_dir / "metrics.json").read_text())
+    assert metrics["optimized_metric"] == "val/iw_nll"
+    assert metrics["optimized_value"] == metrics["val"]["iw_nll"] and metrics["val"]["iw_samples"] == 50
+    assert metrics["val"]["iw_nll"] < metrics["val"]["neg_elbo"]   # the IW bound is the tighter one
+    acc = ea.EventAccumulator(str(run.run_dir / "tb"))
+    acc.Reload()
+    assert len(acc.Scalars("val/iw_nll")) == 2                      # one per validation (2 smoke epochs)

@@ -116,6 +116,7 @@ def test_experiment_values(hydra_conf):
     assert nll.optim.lr_schedule == "cosine"
     iwae = compose_train(["experiment=mnist_iwae"])[0]
     assert iwae.objective.name == "iwae" and iwae.objective.iw_samples == 50
+    assert iwae.optimized_metric == "val/iw_nll" and iwae.trainer.val_iw_samples == 50
     assert list(iwae.model.hidden_sizes) == [512, 512] and iwae.model.latent_dim == 50
 
 
@@ -192,6 +193,8 @@ def test_eval_and_sample_compose(hydra_conf, name):
     ("data.binarize=otsu", "data.binarize"),
     ("device.type=tpu", "device.type"),
     ("objective.ae_pretrain_epochs=20", "objective.ae_pretrain_epochs"),   # = max_epochs: no VAE epoch left
+    ("trainer.val_iw_samples=-1", "trainer.val_iw_samples"),
+    ("optimized_metric=val/iw_nll", "trainer.val_iw_samples"),            # the metric needs the validation IW pass
 ])
 def test_validate_refuses_bad_values(hydra_conf, override, key):
     cfg = compose_train([override])[0]
