@@ -30,7 +30,7 @@ log = logging.getLogger("seqvae")
 
 # A resumed run takes its config from the checkpoint, except: where and how this process runs, always from the
 # resuming command; and how long to train and what to report at the end, when that command overrides them
-# explicitly (its defaults would silently cut a preset's 30 epochs to trainer/default's 20).
+# explicitly (its defaults would silently cut mnist_nll's 400 epochs to trainer/default's 20).
 FROM_COMMAND_LINE = ("trainer.resume", "trainer.progress_bar", "device", "paths", "data.data_dir")
 CHANGEABLE_ON_RESUME = ("trainer.max_epochs", "trainer.max_steps", "trainer.test", "trainer.test_iw_samples",
                         "trainer.log_visuals")

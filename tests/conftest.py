@@ -26,6 +26,20 @@ if os.environ.get("SEQVAE_DATA_DIR"):
     os.environ["SEQVAE_DATA_DIR"] = str(Path(os.environ["SEQVAE_DATA_DIR"]).expanduser().resolve())
 DATA_DIR = Path(os.environ["SEQVAE_DATA_DIR"]) if os.environ.get("SEQVAE_DATA_DIR") else None
 
+def compose_train_config(*overrides: str):
+    """The `seqvae train` config for these overrides, as the app receives it (Hydra's own node dropped)."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import open_dict
+
+    from seqvae_cli.config import register_resolvers
+    register_resolvers()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=list(overrides))
+    with open_dict(cfg):
+        cfg.pop("hydra", None)
+    return cfg
+
+
 # The console script of the environment running the tests (a CI virtualenv may not be on PATH).
 _NEXT_TO_PYTHON = Path(sys.executable).with_name("seqvae")
 SEQVAE = str(_NEXT_TO_PYTHON) if _NEXT_TO_PYTHON.is_file() else (shutil.which("seqvae") or "seqvae")

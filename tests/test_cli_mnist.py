@@ -161,7 +161,6 @@ def test_train_help_lists_the_config_groups(tmp_path):
     assert re.search(r"^experiment: .*mnist_iwae.*mnist_nll.*mnist_pe", proc.stdout, re.M)
 
 
-
 def test_iwae_validates_and_selects_by_the_iw_bound(tmp_path, mnist_data_dir):
     """experiment=mnist_iwae scores the validation IW-NLL at each validation and picks best.pt by it."""
     from conftest import SMOKE_ARGS, train

@@ -18,7 +18,7 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from conftest import CONF_DIR, DATA_DIR, describe, run_seqvae
+from conftest import CONF_DIR, DATA_DIR, compose_train_config, describe, run_seqvae
 from seqvae_cli.anomaly import auprc, auroc, rolling_zscore_scores
 from seqvae_cli.data_series import CSVData, SinesData
 from seqvae_cli.errors import SeqvaeError
@@ -71,21 +71,13 @@ def test_factory_dispatches_on_what_the_data_gives():
 
 
 def test_config_builds_the_series_model(tmp_path):
-    from hydra import compose, initialize_config_dir
-    from omegaconf import open_dict
-
     from seqvae_cli.checkpoint import build
-    from seqvae_cli.config import register_resolvers, validate
+    from seqvae_cli.config import validate
 
-    register_resolvers()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("train", overrides=["model=lstm_vae", "data=sines", f"paths.data_dir={tmp_path}",
-                                          "data.num_series.train=8", "data.num_series.val=4",
-                                          "data.num_series.test=4", "data.seq_len=10", "model.embed_dim=4",
-                                          "model.hidden_size=5", "model.latent_dim=2"])
-        bad = compose("train", overrides=["model=lstm_vae", "data=sines", "model.output_std=wide"])
-    with open_dict(cfg):
-        cfg.pop("hydra", None)
+    cfg = compose_train_config("model=lstm_vae", "data=sines", f"paths.data_dir={tmp_path}",
+                               "data.num_series.train=8", "data.num_series.val=4", "data.num_series.test=4",
+                               "data.seq_len=10", "model.embed_dim=4", "model.hidden_size=5", "model.latent_dim=2")
+    bad = compose_train_config("model=lstm_vae", "data=sines", "model.output_std=wide")
     validate(cfg)
     with pytest.raises(SeqvaeError, match="model.output_std='wide'"):
         validate(bad)
@@ -98,13 +90,9 @@ def test_config_builds_the_series_model(tmp_path):
 @pytest.mark.parametrize("experiment,data,decoder", [("sines", "sines", "autoregressive"),
                                                      ("ecg5000", "ecg5000", "repeat"), ("nab", "nab", "repeat")])
 def test_series_presets_compose(experiment, data, decoder):
-    from hydra import compose, initialize_config_dir
+    from seqvae_cli.config import validate
 
-    from seqvae_cli.config import register_resolvers, validate
-
-    register_resolvers()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("train", overrides=[f"experiment={experiment}", "debug=smoke"])
+    cfg = compose_train_config(f"experiment={experiment}", "debug=smoke")
     validate(cfg)
     assert cfg.data.name == data and cfg.model._target_ == "seqvae_cli.models_seq.lstm_vae"
     assert cfg.model.series_decoder == decoder and cfg.model.output_std == "learned_channel"

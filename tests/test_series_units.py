@@ -351,15 +351,12 @@ def test_config_errors_surface_in_setup(tmp_path):
 @pytest.mark.parametrize("option", ["sines", "ecg5000", "nab", "csv"])
 def test_yaml_composes_validates_and_instantiates(option, tmp_path):
     """conf/data/<option>.yaml: every key is a constructor argument with an allowed value."""
-    from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
-    from seqvae_cli.config import register_resolvers, validate
-    register_resolvers()
-    conf = Path(__file__).resolve().parent.parent / "conf"
+    from conftest import compose_train_config
+    from seqvae_cli.config import validate
     extra = [f"data.path={tmp_path / 'x.csv'}"] if option == "csv" else []
-    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
-        cfg = compose("train", overrides=[f"data={option}", f"paths.data_dir={tmp_path}", *extra])
+    cfg = compose_train_config(f"data={option}", f"paths.data_dir={tmp_path}", *extra)
     validate(cfg)
     assert cfg.data._target_.startswith("seqvae_cli.data_series.") and cfg.data.name == option
     dm = instantiate(cfg.data, _convert_="all")

@@ -497,12 +497,9 @@ def test_reset_decoder_keeps_encoder_and_embedding(tie):
 @pytest.mark.parametrize("data", ["ptb", "text"])
 def test_configs_compose_validate_and_build(tmp_path, model, data):
     """Every key of conf/data/{ptb,text}.yaml and conf/model/{lstm_vae,lstm_lm}.yaml is a constructor argument."""
-    from hydra import compose, initialize_config_dir
-    from omegaconf import open_dict
-
     from seqvae_cli.checkpoint import build
-    from seqvae_cli.config import register_resolvers, validate
-    from conftest import CONF_DIR
+    from seqvae_cli.config import validate
+    from conftest import compose_train_config
 
     (tmp_path / "ptb").mkdir()
     for name in ("ptb.train.txt", "ptb.valid.txt", "ptb.test.txt"):
@@ -512,11 +509,7 @@ def test_configs_compose_validate_and_build(tmp_path, model, data):
     if data == "text":
         overrides += [f"data.{split}_file={tmp_path / 'ptb' / f'ptb.{name}.txt'}"
                       for split, name in (("train", "train"), ("val", "valid"), ("test", "test"))]
-    register_resolvers()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("train", overrides=overrides)
-    with open_dict(cfg):
-        cfg.pop("hydra", None)
+    cfg = compose_train_config(*overrides)
     validate(cfg)
     dm, net = build(cfg, CPU)
     assert dm.kind == "text" and dm.num_examples("train") == 20
@@ -530,14 +523,10 @@ def test_configs_compose_validate_and_build(tmp_path, model, data):
 
 
 def test_text_config_requires_files():
-    from hydra import compose, initialize_config_dir
+    from seqvae_cli.config import validate
+    from conftest import compose_train_config
 
-    from seqvae_cli.config import register_resolvers, validate
-    from conftest import CONF_DIR
-
-    register_resolvers()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("train", overrides=["model=lstm_vae", "data=text"])
+    cfg = compose_train_config("model=lstm_vae", "data=text")
     with pytest.raises(SeqvaeError, match="data.test_file|data.train_file|data.val_file"):
         validate(cfg)
 
@@ -548,14 +537,10 @@ def test_text_config_requires_files():
 def test_ptb_presets_have_the_published_sizes_and_the_measured_recipe(experiment):
     """The sizes text-VAE papers share (256-unit LSTMs, 32-d latent, dropout 0.5, batch 32) and the optimiser
     settings of the README's PTB table, so `seqvae train experiment=X` is the command that reproduces it."""
-    from hydra import compose, initialize_config_dir
+    from conftest import compose_train_config
+    from seqvae_cli.config import validate
 
-    from conftest import CONF_DIR
-    from seqvae_cli.config import register_resolvers, validate
-
-    register_resolvers()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("train", overrides=[f"experiment={experiment}"])
+    cfg = compose_train_config(f"experiment={experiment}")
     validate(cfg)
     m = cfg.model
     assert cfg.data.name == "ptb" and cfg.data.batch_size == 32
