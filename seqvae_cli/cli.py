@@ -15,7 +15,8 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 from torch.utils.tensorboard import SummaryWriter
 
-from .config import is_bf16, register_resolvers, setup_device, validate
+from .config import (check_sweep_direction, is_bf16, metric_mode, register_resolvers, setup_device,
+                     validate)
 from .errors import SeqvaeError
 
 log = logging.getLogger("seqvae")
@@ -37,11 +38,12 @@ verbs:
 `seqvae VERB --help` lists that verb's config groups and options; `seqvae VERB --cfg job` prints the config."""
 
 
-def _fail(exc: SeqvaeError) -> float:
-    """One error line; in a sweep, score the job as +inf so the other jobs (and Optuna) carry on."""
+def _fail(exc: SeqvaeError, minimising: bool = True) -> float:
+    """One error line; in a sweep, score the job as the worst value (+inf when minimising) so the other jobs
+    (and Optuna) carry on."""
     if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
         log.error("seqvae: error: %s", exc)
-        return math.inf
+        return math.inf if minimising else -math.inf
     print(f"seqvae: error: {exc}", file=sys.stderr)
     sys.exit(2)
 
@@ -53,12 +55,20 @@ def _overrides() -> list[str]:
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
 def train_app(cfg: DictConfig) -> float:
     from .trainer import Trainer
+    direction = HydraConfig.get().sweeper.get("direction")
+    direction = getattr(direction, "name", direction)    # the sweeper's default is its Direction enum
+    sweeping = isinstance(direction, str)  # the Optuna sweeper (a list would be a multi-objective study)
+    # A failed job scores worst in the direction the study (else the metric) is optimised.
+    minimising = (str(direction).lower() == "minimize" if sweeping
+                  else metric_mode(str(cfg.get("optimized_metric", "val/neg_elbo"))) == "min")
     try:
         validate(cfg)
+        if sweeping:
+            check_sweep_direction(str(cfg.optimized_metric), direction)
         run_dir = Path(HydraConfig.get().runtime.output_dir)
         result = Trainer(cfg, run_dir, _overrides()).fit()
     except SeqvaeError as exc:
-        return _fail(exc)
+        return _fail(exc, minimising)
     log.info("run directory: %s", run_dir)
     return float(result["optimized_value"])
 

@@ -177,6 +177,24 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
 }
 
 
+# Validation metrics where a higher value is the better model; every other metric is minimised.
+HIGHER_IS_BETTER = ("auroc", "auprc", "best_f1", "active_units")
+
+
+def metric_mode(metric: str) -> str:
+    """'max' when a higher value of this metric (e.g. val/auroc, val/nab/x/auprc) is better, else 'min'."""
+    return "max" if metric.rsplit("/", 1)[-1] in HIGHER_IS_BETTER else "min"
+
+
+def check_sweep_direction(metric: str, direction: str) -> None:
+    """An Optuna sweep must minimise what is better low and maximise what is better high."""
+    wanted = {"min": "minimize", "max": "maximize"}[metric_mode(metric)]
+    given = direction.lower()
+    if given != wanted:
+        raise SeqvaeError(f"config error: hydra.sweeper.direction={given} but optimized_metric={metric} is better "
+                          f"{'higher' if wanted == 'maximize' else 'lower'}; set hydra.sweeper.direction={wanted}")
+
+
 def validate(cfg: DictConfig, rules: dict = RULES) -> None:
     """Raise SeqvaeError on a required value left unset (???) or the first value outside what its key allows."""
     missing = sorted(OmegaConf.missing_keys(cfg))
@@ -195,6 +213,14 @@ def validate(cfg: DictConfig, rules: dict = RULES) -> None:
             not OmegaConf.select(cfg, "trainer.val_iw_samples", default=0):
         raise SeqvaeError("config error: optimized_metric=val/iw_nll needs the validation IW-NLL, but "
                           "trainer.val_iw_samples is 0; set trainer.val_iw_samples=K (e.g. 50)")
+    iw_samples = OmegaConf.select(cfg, "objective.iw_samples", default=1) or 1
+    free_bits = {k: OmegaConf.select(cfg, f"objective.free_bits.{k}", default=0) or 0 for k in ("per_dim", "total")}
+    if iw_samples > 1 and any(free_bits.values()):
+        key = next(k for k, v in free_bits.items() if v)
+        raise SeqvaeError(f"config error: objective.free_bits.{key}={free_bits[key]} has no meaning for the IWAE "
+                          f"bound (objective.iw_samples={iw_samples}): free bits floor the KL term of the ELBO, "
+                          f"which the importance-weighted bound does not have; set objective.free_bits.{key}=0 "
+                          f"or objective.iw_samples=1")
     # Checked here, before any data loads; trainer.py re-checks against max_steps once batch counts are known.
     pretrain = OmegaConf.select(cfg, "objective.ae_pretrain_epochs", default=0) or 0
     epochs = OmegaConf.select(cfg, "trainer.max_epochs", default=None)

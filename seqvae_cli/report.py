@@ -10,6 +10,8 @@ from pathlib import Path
 
 import yaml
 
+from .config import metric_mode
+
 
 def collect(sweep_dir: Path) -> list[dict]:
     rows = []
@@ -19,7 +21,8 @@ def collect(sweep_dir: Path) -> list[dict]:
         overrides = yaml.safe_load(overrides_file.read_text()) if overrides_file.exists() else []
         metrics = json.loads(metrics_file.read_text())
         row = {"job": job.name, "overrides": " ".join(o for o in overrides or [] if not o.startswith("hydra")),
-               metrics["optimized_metric"]: metrics["optimized_value"], "best_epoch": metrics["best_epoch"]}
+               metrics["optimized_metric"]: metrics["optimized_value"], "best_epoch": metrics["best_epoch"],
+               "_mode": metrics.get("optimized_mode") or metric_mode(metrics["optimized_metric"])}
         for key, value in metrics.get("test", {}).items():
             if isinstance(value, (int, float)) and key != "num_examples":
                 row[f"test/{key}"] = value
@@ -42,8 +45,15 @@ def main(argv: list[str]) -> int:
               f"did the sweep finish?", file=sys.stderr)
         return 2
     metric = next(k for k in rows[0] if "/" in k and not k.startswith("test/"))
-    rows.sort(key=lambda r: (r.get(metric) is None or not math.isfinite(r[metric]), r.get(metric, math.inf)))
-    columns = list(dict.fromkeys(k for r in rows for k in r))
+    sign = -1.0 if rows[0]["_mode"] == "max" else 1.0
+
+    def rank(row: dict) -> tuple[bool, float]:
+        value = row.get(metric)
+        ok = isinstance(value, (int, float)) and math.isfinite(value)
+        return (not ok, sign * value if ok else 0.0)   # failed jobs (no value, inf, nan) last
+
+    rows.sort(key=rank)
+    columns = list(dict.fromkeys(k for r in rows for k in r if not k.startswith("_")))
     cells = [[_fmt(r.get(c, "")) for c in columns] for r in rows]
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
     print("  ".join(c.ljust(w) for c, w in zip(columns, widths)))
@@ -51,10 +61,10 @@ def main(argv: list[str]) -> int:
         print("  ".join(v.ljust(w) for v, w in zip(row, widths)))
     out = args.csv or args.sweep_dir / "report.csv"
     with open(out, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
+        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
-    print(f"written: {out} (sorted by {metric}, lower is better)")
+    print(f"written: {out} (sorted by {metric}, {'higher' if sign < 0 else 'lower'} is better)")
     return 0
 
 

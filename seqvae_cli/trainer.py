@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from . import visuals
 from .checkpoint import FORMAT, build, load_checkpoint, load_model_state, save_atomic
-from .config import is_bf16, setup_device
+from .config import is_bf16, metric_mode, setup_device
 from .errors import SeqvaeError
 from .evaluate import evaluate, public
 from .models import LatentModel
@@ -121,8 +121,10 @@ class Trainer:
         self.shuffle_gen = torch.Generator().manual_seed(tc.seed + 1)
         self.data_gen = torch.Generator(device=self.device).manual_seed(tc.seed + 2)
         self.step, self.epoch = 0, 0
-        self.best_value, self.best_val, self.best_epoch = math.inf, {}, -1
         self.optimized_metric = str(cfg.optimized_metric)
+        self.optimized_mode = metric_mode(self.optimized_metric)
+        self.best_value = math.inf if self.optimized_mode == "min" else -math.inf
+        self.best_val, self.best_epoch = {}, -1
         if state is not None:
             self.restore(state, path)
         self.writer = SummaryWriter(str(run_dir / "tb"), purge_step=self.step if state is not None else None)
@@ -174,7 +176,8 @@ class Trainer:
             save_atomic(self.state(), self.run_dir / "checkpoints" / "last.pt")
         if self.best_epoch < 0:  # resumed a finished run, or no validation happened
             self.validate()
-        result = {"optimized_metric": self.optimized_metric, "optimized_value": self.best_value,
+        result = {"optimized_metric": self.optimized_metric, "optimized_mode": self.optimized_mode,
+                  "optimized_value": self.best_value,
                   "best_epoch": self.best_epoch, "epochs": self.epoch, "steps": self.step,
                   "train_seconds_this_session": round(time.time() - started, 1), "val": self.best_val}
         if tc.test:
@@ -264,15 +267,17 @@ class Trainer:
         if tc.log_visuals:
             visuals.during_training(self.model, self.dm, w, s)
         key = self.optimized_metric.split("/", 1)[-1]
-        if key not in metrics:
-            raise SeqvaeError(f"optimized_metric={self.optimized_metric!r} is not a validation metric of this "
-                              f"model; choose one of {sorted('val/' + k for k in public(metrics))}")
+        numeric = sorted(f"val/{k}" for k, v in public(metrics).items() if isinstance(v, (int, float)))
+        if f"val/{key}" not in numeric:
+            raise SeqvaeError(f"optimized_metric={self.optimized_metric!r} is not a numeric validation metric of "
+                              f"this model; choose one of {numeric}")
         value = float(metrics[key])
         summary = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
                             for k, v in public(metrics).items() if k not in ("split",))
         log.info("epoch %d validation: %s", self.epoch, summary)
         # Checkpoints of the autoencoder pre-training phase (Li et al. 2019) are not candidates for best.pt.
-        if value < self.best_value and self.step > self.objective.pretrain_steps:
+        improved = value < self.best_value if self.optimized_mode == "min" else value > self.best_value
+        if improved and self.step > self.objective.pretrain_steps:
             self.best_value, self.best_epoch = value, self.epoch
             self.best_val = {k: v for k, v in public(metrics).items()}
             save_atomic(self.state(), self.run_dir / "checkpoints" / "best.pt")

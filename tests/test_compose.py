@@ -17,7 +17,7 @@ from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, RangeSw
 from hydra.utils import get_class
 from omegaconf import OmegaConf, open_dict
 
-from seqvae_cli.config import register_resolvers, setup_device, validate
+from seqvae_cli.config import check_sweep_direction, metric_mode, register_resolvers, setup_device, validate
 from seqvae_cli.errors import SeqvaeError
 
 from conftest import CONF_DIR
@@ -147,6 +147,7 @@ def test_hparams_search_space_is_valid(hydra_conf, option):
         pytest.skip(f"hparams_search={option} does not search an MNIST model")
     params = sweeper.get("params") or {}
     assert params, f"hparams_search={option} searches nothing"
+    check_sweep_direction(cfg.optimized_metric, sweeper["direction"])   # the study optimises the right way
     parser = OverridesParser.create()
     for key, space in params.items():
         assert OmegaConf.select(cfg, key, default="__absent__") != "__absent__", f"{key} is not a config key"
@@ -202,6 +203,26 @@ def test_validate_refuses_bad_values(hydra_conf, override, key):
         validate(cfg)
     message = str(info.value)
     assert key in message and "\n" not in message
+
+
+def test_validate_refuses_free_bits_with_the_iwae_bound(hydra_conf):
+    for floor in ("objective.free_bits.per_dim=0.5", "objective.free_bits.total=2"):
+        cfg = compose_train(["objective=iwae", floor])[0]
+        with pytest.raises(SeqvaeError, match="objective.iw_samples=1") as info:
+            validate(cfg)
+        assert floor.split("=")[0] in str(info.value) and "\n" not in str(info.value)
+    validate(compose_train(["objective.free_bits.per_dim=0.5"])[0])     # with the ELBO it is the usual recipe
+
+
+def test_metrics_where_higher_is_better_are_maximised():
+    assert [metric_mode(m) for m in ("val/neg_elbo", "val/iw_nll", "val/nll", "val/mse")] == ["min"] * 4
+    assert [metric_mode(m) for m in ("val/auroc", "val/auprc", "val/best_f1", "val/nab/machine_temp/auroc",
+                                     "val/active_units")] == ["max"] * 5
+    check_sweep_direction("val/neg_elbo", "minimize")
+    check_sweep_direction("val/auroc", "maximize")
+    for metric, direction, fix in (("val/auroc", "minimize", "maximize"), ("val/neg_elbo", "maximize", "minimize")):
+        with pytest.raises(SeqvaeError, match=f"hydra.sweeper.direction={fix}$"):
+            check_sweep_direction(metric, direction)
 
 
 @pytest.mark.parametrize("override", ["trainer.limit_train_batches=0.5", "trainer.limit_train_batches=1.0",

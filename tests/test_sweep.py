@@ -82,3 +82,18 @@ def test_optuna_search_runs(mnist_data_dir, tmp_path):
     proc = run_seqvae(["report", str(sweep_dir)], cwd=tmp_path)
     assert proc.returncode == 0, describe(proc)
     assert len([ln for ln in proc.stdout.splitlines() if "optim.lr=" in ln]) == 2
+
+
+def test_optuna_direction_must_match_the_metric(mnist_data_dir, tmp_path):
+    """Maximising AUROC-like metrics with a minimising study is refused in each job, before any training;
+    the failed job scores +inf, the worst value of the minimising study."""
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    sweep_dir = tmp_path / "optuna"
+    proc = run_seqvae(["train", "-m", "hparams_search=mnist_optuna", "hydra.sweeper.n_trials=1", "debug=smoke",
+                       "optimized_metric=val/active_units", f"hydra.sweep.dir={sweep_dir}"], cwd=tmp_path)
+    assert proc.returncode == 0, describe(proc)
+    output = proc.stdout + proc.stderr
+    assert ("config error: hydra.sweeper.direction=minimize but optimized_metric=val/active_units is better "
+            "higher; set hydra.sweeper.direction=maximize") in output, describe(proc)
+    assert "Best value: inf" in output, describe(proc)
+    assert not list(sweep_dir.glob("*/checkpoints"))
