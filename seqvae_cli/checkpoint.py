@@ -14,7 +14,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from .data import DataModule
+from .data import DataModule, resolve_data_dir
 from .errors import SeqvaeError
 from .models import LatentModel
 
@@ -91,15 +91,22 @@ def load_model_state(model: LatentModel, state: dict, path: Path | str) -> None:
                           f"it was written by another version of the model: retrain") from None
 
 
-def load_run(run_dir: str | None, checkpoint: str, device: torch.device, data_dir: str | None = None
-             ) -> tuple[DictConfig, DataModule, LatentModel, dict]:
-    """Rebuild a trained run for eval/sample: its own config, data (under today's data_dir) and weights."""
+def load_run(run_dir: str | None, checkpoint: str, device: torch.device, data_dir: str | None = None,
+             data_dir_is_default: bool = False) -> tuple[DictConfig, DataModule, LatentModel, dict]:
+    """Rebuild a trained run for eval/sample: its own config, data and weights.
+
+    The data root is `data_dir` when the user chose it (paths.data_dir=... or $SEQVAE_DATA_DIR): data may have
+    moved since training. When `data_dir` is only the ./data fallback, the root the run trained on is kept while
+    it still exists, so a run scores from any working directory."""
     path = resolve_checkpoint(run_dir, checkpoint)
     state = load_checkpoint(path, map_location=device)
     cfg = OmegaConf.create(state["config"])
-    if data_dir is not None:  # data may have moved since training: the current setting wins
+    trained_on = OmegaConf.select(cfg, "paths.data_dir")
+    keep_trained = data_dir_is_default and trained_on is not None and resolve_data_dir(trained_on).is_dir()
+    if data_dir is not None and not keep_trained:
         cfg.paths.data_dir = data_dir
-        cfg.data.data_dir = data_dir
+        if "data_dir" in cfg.data:
+            cfg.data.data_dir = data_dir
     dm, model = build(cfg, device, state.get("data_state"))
     load_model_state(model, state, path)
     model.eval()

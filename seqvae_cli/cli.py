@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -52,6 +53,12 @@ def _overrides() -> list[str]:
     return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
 
 
+def _data_dir_is_default() -> bool:
+    """paths.data_dir is only the ./data fallback: neither $SEQVAE_DATA_DIR nor an override chose it."""
+    chosen = any(o.split("=", 1)[0].lstrip("+~") in ("paths", "paths.data_dir") for o in _overrides())
+    return not chosen and not os.environ.get("SEQVAE_DATA_DIR")
+
+
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
 def train_app(cfg: DictConfig) -> float:
     from .trainer import Trainer
@@ -87,7 +94,8 @@ def eval_app(cfg: DictConfig) -> dict | float:
     try:
         validate(cfg)
         device = setup_device(cfg.device, bf16=is_bf16(cfg.iw_precision))
-        _, dm, model, state = load_run(cfg.run_dir, cfg.checkpoint, device, cfg.paths.data_dir)
+        _, dm, model, state = load_run(cfg.run_dir, cfg.checkpoint, device, cfg.paths.data_dir,
+                                          _data_dir_is_default())
         k = cfg.iw_samples or dm.eval_iw_samples
         batch_size, limit = cfg.batch_size, None
         if cfg.limit_examples:  # equal batches that add up to limit_examples (exactly, when it divides evenly)
@@ -126,7 +134,8 @@ def sample_app(cfg: DictConfig) -> None:
     try:
         validate(cfg)
         device = setup_device(cfg.device)
-        _, dm, model, state = load_run(cfg.run_dir, cfg.checkpoint, device, cfg.paths.data_dir)
+        _, dm, model, state = load_run(cfg.run_dir, cfg.checkpoint, device, cfg.paths.data_dir,
+                                          _data_dir_is_default())
         if model.latent_dim == 0 and dm.kind != "text":
             raise SeqvaeError("this run's model has no latent variable: there is nothing to sample from a prior")
         run_dir = _run_dir_of(cfg)

@@ -140,6 +140,19 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
                    "best, last or a path to a .pt file"),
     "iw_samples": (lambda v: v is None or (isinstance(v, int) and v >= 1), "null or a positive integer"),
     "iw_rows_per_chunk": (lambda v: v is None or (isinstance(v, int) and v >= 1), "null or a positive integer"),
+    "limit_examples": (lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= 1),
+                       "null (the whole split) or a positive integer"),
+    "batch_size": number(1, integer=True),
+    # sample: how many pictures/sentences, and the grids' sizes
+    "num_samples": number(1, integer=True),
+    "num_reconstructions": number(1, integer=True),
+    "interpolation_steps": number(2, integer=True),
+    "traversal_steps": number(2, integer=True),
+    "traversal_range": number(0, lo_open=True),
+    "manifold_size": number(2, integer=True),
+    "scatter_points": number(1, integer=True),
+    "sentences": (lambda v: isinstance(v, str) or (isinstance(v, list) and all(isinstance(s, str) for s in v)),
+                  "a sentence or a list of sentences, e.g. 'sentences=[the market fell,prices rose]'"),
     "data.iw_rows_per_chunk": number(1, integer=True),
     # text
     "data.tokenizer": one_of("whitespace", "simple"),
@@ -162,6 +175,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "top_k": number(0, integer=True),
     "top_p": number(0, 1, lo_open=True),
     "beam_width": number(1, integer=True),
+    "length_penalty": number(0),
     "max_len": number(1, integer=True),
     # time series: the series LSTM-VAE's keys (model=lstm_vae), eval's anomaly score, sample's forecasts
     "model.series_decoder": one_of("repeat", "autoregressive"),

@@ -190,5 +190,10 @@ class MNISTData(DataModule):
     def eval_batches(self, split, batch_size=None, limit=None):
         x, y = self.splits[split]
         bs = batch_size or self.eval_batch_size
+        # Dynamically binarised training images are stored grey; scoring them (eval split=train) binarises them
+        # with a fixed seed, as val/test were, so the scores are of binary images and repeatable.
+        gen = torch.Generator(device=x.device).manual_seed(self.static_seed + 1) \
+            if split == "train" and self.binarize == "dynamic" else None
         for i in range(batch_limit(limit, math.ceil(x.shape[0] / bs))):
-            yield {"x": x[i * bs:(i + 1) * bs], "y": y[i * bs:(i + 1) * bs]}
+            xb = x[i * bs:(i + 1) * bs]
+            yield {"x": torch.bernoulli(xb, generator=gen) if gen is not None else xb, "y": y[i * bs:(i + 1) * bs]}

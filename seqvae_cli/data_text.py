@@ -59,7 +59,7 @@ def tokenize(line: str, tokenizer: str = "whitespace", lowercase: bool = False) 
 def read_sentences(path: Path, tokenizer: str, lowercase: bool) -> list[list[str]]:
     """Tokenised non-blank lines of `path`; a missing, unreadable or empty file is a SeqvaeError."""
     text = read_text_file(path, f"text file {path}", "data.train_file/val_file/test_file and paths.data_dir "
-                                                      "(or $SEQVAE_DATA_DIR)")
+                                                      "(or $SEQVAE_DATA_DIR)", encoding="utf-8-sig")
     sentences, blank = [], 0
     for line in text.splitlines():
         tokens = tokenize(line, tokenizer, lowercase)

@@ -174,14 +174,14 @@ def beam_search(model, z: torch.Tensor | None = None, n: int | None = None, beam
 
 def decode(model, z: torch.Tensor | None = None, n: int | None = None, strategy: str = "greedy",
            max_len: int = 100, generator: torch.Generator | None = None, temperature: float = 1.0,
-           top_k: int = 0, top_p: float = 1.0, beam_width: int = 5) -> Decoded:
+           top_k: int = 0, top_p: float = 1.0, beam_width: int = 5, length_penalty: float = 0.0) -> Decoded:
     """One entry point for the sampler: strategy = greedy | sample | beam."""
     if strategy == "greedy":
         return greedy(model, z, n, max_len)
     if strategy == "sample":
         return sample(model, z, n, max_len, generator, temperature, top_k, top_p)
     if strategy == "beam":
-        return beam_search(model, z, n, beam_width, max_len)
+        return beam_search(model, z, n, beam_width, max_len, length_penalty)
     raise SeqvaeError(f"decoding strategy {strategy!r} is not allowed; expected one of: {', '.join(STRATEGIES)}")
 
 

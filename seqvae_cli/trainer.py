@@ -29,12 +29,18 @@ from .objective import Objective
 log = logging.getLogger("seqvae")
 
 # A resumed run takes its config from the checkpoint, except: where and how this process runs, always from the
-# resuming command; and how long to train and what to report at the end, when that command overrides them
-# explicitly (its defaults would silently cut mnist_nll's 400 epochs to trainer/default's 20).
+# resuming command; and, when that command overrides them explicitly, how long to train, what to report at the
+# end (its defaults would silently cut mnist_nll's 400 epochs to trainer/default's 20), and the learning rate and
+# gradient clipping (the cure a NaN stop advises; the run then leaves its exact-replay path, by request).
 FROM_COMMAND_LINE = ("trainer.resume", "trainer.progress_bar", "device", "paths", "data.data_dir")
 CHANGEABLE_ON_RESUME = ("trainer.max_epochs", "trainer.max_steps", "trainer.test", "trainer.test_iw_samples",
-                        "trainer.log_visuals")
+                        "trainer.log_visuals", "optim.lr", "optim.grad_clip")
 RESUMABLE_OVERRIDES = FROM_COMMAND_LINE + CHANGEABLE_ON_RESUME + ("run_dir", "hydra")
+
+
+def _is_under(key: str, prefixes: tuple[str, ...]) -> bool:
+    """key is one of prefixes or inside one (optim.lr matches optim.lr, not optim.lr_schedule)."""
+    return any(key == p or key.startswith(p + ".") for p in prefixes)
 
 
 def make_optimizer(model: LatentModel, cfg: DictConfig) -> torch.optim.Optimizer:
@@ -63,7 +69,7 @@ def merge_resumed_config(cfg: DictConfig, stored: DictConfig, overrides: list[st
     """The checkpoint's config wins; an explicit override that contradicts it is an error, not silently dropped."""
     explicit = [item.split("=", 1)[0].lstrip("+~") for item in overrides]
     for key in explicit:
-        if key.startswith(RESUMABLE_OVERRIDES):
+        if _is_under(key, RESUMABLE_OVERRIDES):
             continue
         now, then = OmegaConf.select(cfg, key), OmegaConf.select(stored, key)
         as_plain = lambda v: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v
@@ -75,6 +81,11 @@ def merge_resumed_config(cfg: DictConfig, stored: DictConfig, overrides: list[st
     for key in FROM_COMMAND_LINE + tuple(k for k in CHANGEABLE_ON_RESUME if k in explicit):
         if OmegaConf.select(cfg, key) is not None:
             OmegaConf.update(merged, key, OmegaConf.select(cfg, key), force_add=True)
+    for key in ("trainer.max_epochs", "trainer.max_steps", "optim.lr"):
+        then, now = OmegaConf.select(stored, key), OmegaConf.select(merged, key)
+        if key in explicit and then != now:
+            log.warning("resuming with %s=%s (was %s): the lr and KL schedules are recomputed for it, so this run "
+                        "no longer replays the uninterrupted one exactly", key, now, then)
     return merged
 
 
@@ -149,15 +160,46 @@ class Trainer:
         load_model_state(self.model, state, path)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        stored_lr = state["config"]["optim"]["lr"]
+        if self.cfg.optim.lr != stored_lr:  # resumed with a new optim.lr: the schedule continues from it
+            self.scheduler.base_lrs = [self.cfg.optim.lr for _ in self.optimizer.param_groups]
+            for group in self.optimizer.param_groups:
+                group["initial_lr"] = self.cfg.optim.lr
+                group["lr"] = self.cfg.optim.lr * lr_factor(self.cfg.optim, state["step"], self.total_steps,
+                                                            self.steps_per_epoch)
         self.step, self.epoch = state["step"], state["epoch"]
         best = state["best"]
         self.best_value, self.best_epoch, self.best_val = best["value"], best["epoch"], best["val"]
         torch.set_rng_state(state["rng"]["torch"])
         self.shuffle_gen.set_state(state["rng"]["shuffle"])
-        self.data_gen.set_state(state["rng"]["data"].to(self.data_gen.device) if self.device.type != "cpu"
-                                else state["rng"]["data"])
+        try:  # generator states are CPU byte tensors whatever the generator's device
+            self.data_gen.set_state(state["rng"]["data"].cpu())
+        except RuntimeError:  # written on another device type (CPU vs CUDA states differ in size)
+            log.warning("the checkpoint's data RNG state belongs to another device type than %s; it is re-seeded, "
+                        "so this resumed run does not replay the original one exactly", self.device.type)
         if state["rng"]["cuda"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+            try:
+                torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+            except RuntimeError:  # another number of GPUs
+                log.warning("the checkpoint's CUDA RNG states do not fit this machine's GPUs; they are not restored")
+        self.carry_best_checkpoint(path)
+
+    def carry_best_checkpoint(self, path: Path) -> None:
+        """Resuming from a checkpoint file into another run directory: bring its best.pt along, so the test pass
+        and later comparisons use the best weights seen, not just those after resuming."""
+        target = self.run_dir / "checkpoints" / "best.pt"
+        if target.exists() or self.best_epoch < 0:
+            return
+        source = path.parent / "best.pt"
+        if source.is_file():
+            save_atomic(load_checkpoint(source), target)
+            log.info("copied %s to %s (best epoch %d)", source, target, self.best_epoch)
+            return
+        log.warning("%s has no best.pt beside it: the best validation value so far (%s=%.4f, epoch %d) is "
+                    "forgotten and best.pt is chosen among the epochs trained from here", path,
+                    self.optimized_metric, self.best_value, self.best_epoch)
+        self.best_value = math.inf if self.optimized_mode == "min" else -math.inf
+        self.best_val, self.best_epoch = {}, -1
 
     # ---------------------------------------------------------------------------------- training
     def fit(self) -> dict:
@@ -173,6 +215,8 @@ class Trainer:
                 log.info("autoencoder pre-training done after epoch %d: decoder re-initialised", self.epoch)
             if self.epoch % tc.val_every == 0 or self.epoch >= tc.max_epochs or self.step >= self.total_steps:
                 self.validate()
+            elif not all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):
+                self.stop_non_finite("the weights became non-finite", self.epoch)  # never overwrite a good last.pt with them
             save_atomic(self.state(), self.run_dir / "checkpoints" / "last.pt")
         if self.best_epoch < 0:  # resumed a finished run, or no validation happened
             self.validate()
@@ -226,12 +270,14 @@ class Trainer:
                      means["neg_elbo"], self.step)
         return means
 
-    def stop_non_finite(self, what: str) -> None:
+    def stop_non_finite(self, what: str, epoch: int | None = None) -> None:
+        """Stop with the step and epoch (1-based; default the epoch in progress) and how to carry on."""
         last = self.run_dir / "checkpoints" / "last.pt"
-        keep = (f"{last} keeps the last good state (continue with trainer.resume=true)" if last.exists()
-                else "no checkpoint was written yet")
-        raise SeqvaeError(f"{what} at step {self.step} (epoch {self.epoch + 1}); training stopped and {keep}. "
-                          f"Lower optim.lr or set optim.grad_clip (e.g. 5.0)")
+        lr, clip = self.cfg.optim.lr, self.cfg.optim.grad_clip
+        cure = f"optim.lr={lr / 10:g}" + ("" if clip > 0 else " optim.grad_clip=5.0")
+        keep = (f"{last} keeps the last good state: continue it with trainer.resume=true {cure}" if last.exists()
+                else f"no checkpoint was written yet: start again with {cure}")
+        raise SeqvaeError(f"{what} at step {self.step} (epoch {epoch or self.epoch + 1}); training stopped and {keep}")
 
     def log_train(self, terms, loss: float) -> None:
         w, s = self.writer, self.step
@@ -251,7 +297,7 @@ class Trainer:
         # An update can turn the weights non-finite after a finite loss: stop before logging or checkpointing.
         if not all(math.isfinite(metrics[k]) for k in ("rec", "kl", "neg_elbo") if k in metrics) or \
                 ("_mu" in metrics and not bool(torch.isfinite(metrics["_mu"]).all())):
-            self.stop_non_finite("validation metrics became non-finite")
+            self.stop_non_finite("validation metrics became non-finite", max(self.epoch, 1))
         w, s = self.writer, self.step
         weight = self.objective.kl_weight(max(s - 1, 0))
         metrics["loss"] = metrics["rec"] + weight * metrics.get("kl", 0.0)

@@ -8,6 +8,7 @@ import torch
 from torch.utils.tensorboard import SummaryWriter
 
 from .decoding import decode, homotopy, to_text
+from .data import read_text_file
 from .errors import SeqvaeError
 
 
@@ -35,11 +36,12 @@ def _device_generator(dm, seed: int) -> torch.Generator:
 
 @torch.no_grad()
 def reconstructions(model, dm, sentences: list[str], strategy: str = "greedy", max_len: int = 50,
-                    beam_width: int = 5) -> list[str]:
+                    beam_width: int = 5, length_penalty: float = 0.0) -> list[str]:
     """Decode each sentence from its posterior mean."""
     batch = dm.batch_from_sentences(sentences)
     mu, _ = model.encode(batch)
-    return to_text(dm, decode(model, mu, strategy=strategy, max_len=max_len, beam_width=beam_width))
+    return to_text(dm, decode(model, mu, strategy=strategy, max_len=max_len, beam_width=beam_width,
+                              length_penalty=length_penalty))
 
 
 def _some_sentences(dm, split: str, n: int) -> list[str]:
@@ -62,14 +64,13 @@ def during_training(model, dm, writer: SummaryWriter, step: int) -> None:
 
 
 def given_sentences(cfg) -> list[str]:
-    sentences = list(cfg.sentences or [])
+    # sentences="the market fell" is one sentence (a plain string would otherwise iterate into characters).
+    sentences = [cfg.sentences] if isinstance(cfg.sentences, str) else list(cfg.sentences or [])
     if cfg.sentences_file:
         path = Path(cfg.sentences_file)
-        try:
-            sentences += [line.strip() for line in path.read_text().splitlines() if line.strip()]
-        except OSError as exc:
-            raise SeqvaeError(f"sample.sentences_file={path} cannot be read ({exc.strerror}); "
-                              f"give a text file with one sentence per line") from None
+        text = read_text_file(path, f"sentences_file={path}", "sentences_file (a text file with one sentence per "
+                                                               "line)", encoding="utf-8-sig")
+        sentences += [line.strip() for line in text.splitlines() if line.strip()]
     return sentences
 
 
@@ -85,14 +86,15 @@ def sample_text(model, dm, cfg, out_dir: Path, writer: SummaryWriter, step: int)
         f"temperature_{cfg.temperature}": dict(strategy="sample", temperature=cfg.temperature),
         f"top_k_{cfg.top_k}": dict(strategy="sample", top_k=cfg.top_k),
         f"top_p_{cfg.top_p}": dict(strategy="sample", top_p=cfg.top_p),
-        f"beam_{cfg.beam_width}": dict(strategy="beam", beam_width=cfg.beam_width),
+        f"beam_{cfg.beam_width}": dict(strategy="beam", beam_width=cfg.beam_width,
+                                       length_penalty=cfg.length_penalty),
     }
     for name, kwargs in strategies.items():
         files[f"prior_{name}"] = prior_sentences(model, dm, cfg.num_samples, cfg.seed, max_len=cfg.max_len, **kwargs)
     if model.latent_dim > 0:
         inputs = sentences or _some_sentences(dm, cfg.split, cfg.num_reconstructions)
         greedy_out = reconstructions(model, dm, inputs, "greedy", cfg.max_len)
-        beam_out = reconstructions(model, dm, inputs, "beam", cfg.max_len, cfg.beam_width)
+        beam_out = reconstructions(model, dm, inputs, "beam", cfg.max_len, cfg.beam_width, cfg.length_penalty)
         known = [dm.decode_ids(dm.encode_sentence(s)) for s in inputs]  # what the model read (<unk> shown)
         files["reconstructions"] = [f"input : {s}\nread  : {k}\ngreedy: {g}\nbeam  : {b}\n"
                                     for s, k, g, b in zip(inputs, known, greedy_out, beam_out)]

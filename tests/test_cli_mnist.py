@@ -14,7 +14,8 @@ from PIL import Image
 from tensorboard.backend.event_processing import event_accumulator as ea
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-from conftest import SAMPLE_FILES, check_pictures, clone_run, describe, run_seqvae
+from conftest import (SAMPLE_FILES, assert_one_error_line, check_pictures, clone_run, describe, run_seqvae,
+                      seqvae_env)
 
 METRIC_KEYS = ("neg_elbo", "rec", "kl", "iw_nll", "active_units", "mutual_info")
 
@@ -127,6 +128,27 @@ def test_eval(smoke_run, tmp_path):
     assert test["iw_nll"] <= test["neg_elbo"] + 0.5
     assert test["neg_elbo"] == pytest.approx(test["rec"] + test["kl"])
     assert test["checkpoint_epoch"] == json.loads((run / "metrics.json").read_text())["best_epoch"]
+
+
+def test_eval_finds_the_training_data_without_a_data_setting(smoke_run, tmp_path):
+    """Run from a folder without ./data and without $SEQVAE_DATA_DIR, eval keeps the data root the run trained
+    on; an explicit paths.data_dir still wins (data may have moved), with the usual one-line error if empty."""
+    import torch
+    run = clone_run(smoke_run.run_dir, tmp_path / "run")
+    best = run / "checkpoints" / "best.pt"
+    state = torch.load(best, weights_only=True)
+    state["config"]["data"]["download"] = False    # an online machine must not fetch MNIST into `elsewhere`
+    torch.save(state, best)
+    env = seqvae_env()
+    env.pop("SEQVAE_DATA_DIR")
+    proc = run_seqvae(["eval", f"run_dir={run}", "iw_samples=2", "limit_examples=100", "split=train"],
+                      cwd=tmp_path, env=env)
+    assert proc.returncode == 0, describe(proc)
+    assert json.loads((run / "eval.json").read_text())["train"]["num_examples"] == 100
+    elsewhere = tmp_path / "elsewhere"
+    proc = run_seqvae(["eval", f"run_dir={run}", "iw_samples=2", "limit_examples=100", f"paths.data_dir={elsewhere}"],
+                      cwd=tmp_path, env=env)
+    assert_one_error_line(proc, "MNIST not found", str(elsewhere / "MNIST" / "raw"))
 
 
 # ----------------------------------------------------------------------------------------- sample

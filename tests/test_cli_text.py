@@ -261,6 +261,30 @@ def test_sample_with_a_bad_sentence_creates_no_folder(blank_sentence_on_a_fresh_
     assert not (run / "samples").exists()
 
 
+def test_sample_takes_one_plain_sentence_a_bom_file_and_a_length_penalty(vae_run, tmp_path):
+    """sentences=<one sentence> is that sentence (not its characters); a sentences_file saved by Windows tools
+    (UTF-8 with a byte-order mark) reads the same as without it."""
+    run = clone_run(vae_run.run_dir, tmp_path / "run")
+    sentence_file = tmp_path / "given.txt"
+    sentence_file.write_bytes("\ufeff".encode("utf-8") + f"{GIVEN[1]}\n".encode("utf-8"))
+    proc = run_seqvae(["sample", f"run_dir={run}", f"sentences='{GIVEN[0]}'", f"sentences_file={sentence_file}",
+                       "num_samples=2", "length_penalty=1.0", ONE_THREAD], cwd=tmp_path)
+    assert proc.returncode == 0, describe(proc)
+    blocks = [b for b in (run / "samples" / "reconstructions.txt").read_text().split("\n\n") if b.strip()]
+    inputs = [b.splitlines()[0].split(":", 1)[1].strip() for b in blocks]
+    assert inputs == GIVEN
+    assert "read  : <unk> is here" in (run / "samples" / "reconstructions.txt").read_text().splitlines()
+
+
+def test_sample_with_a_non_utf8_sentences_file_is_one_error_line(vae_run, tmp_path):
+    run = clone_run(vae_run.run_dir, tmp_path / "run")
+    latin1 = tmp_path / "latin1.txt"
+    latin1.write_bytes("the caf\u00e9 closed\n".encode("latin-1"))
+    proc = run_seqvae(["sample", f"run_dir={run}", f"sentences_file={latin1}", ONE_THREAD], cwd=tmp_path)
+    assert_one_error_line(proc, str(latin1), "not UTF-8", "iconv")
+    assert not (run / "samples").exists()
+
+
 # ------------------------------------------------------------------------------ (d) the language model
 
 def test_language_model_train_and_eval(lm_run, tmp_path):

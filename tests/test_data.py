@@ -158,6 +158,10 @@ def test_dynamic_binarisation(tmp_path):
     other = next(a.train_batches(gen(0), gen(2)))["x"]
     assert set(first.unique().tolist()) <= {0.0, 1.0}                   # ...and is sampled per batch
     assert torch.equal(first, again) and not torch.equal(first, other)
+    # Scoring the training split (seqvae eval split=train) sees binary images, the same on every call.
+    scored = torch.cat([b["x"] for b in a.eval_batches("train", batch_size=7)])
+    assert set(scored.unique().tolist()) <= {0.0, 1.0}
+    assert torch.equal(scored, torch.cat([b["x"] for b in b.eval_batches("train", batch_size=7)]))
 
 
 def test_static_binarisation_is_fixed(tmp_path):

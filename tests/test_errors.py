@@ -30,6 +30,19 @@ def test_bad_value(tmp_path, override, needles):
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
+@pytest.mark.parametrize("verb,override,needles", [
+    ("eval", "limit_examples=-5", ("limit_examples=-5", "positive integer")),
+    ("eval", "batch_size=0", ("batch_size=0",)),
+    ("sample", "num_reconstructions=0", ("num_reconstructions=0", ">= 1")),
+    ("sample", "interpolation_steps=1", ("interpolation_steps=1", ">= 2")),
+    ("sample", "length_penalty=-1", ("length_penalty=-1", ">= 0")),
+])
+def test_bad_eval_and_sample_values_fail_before_loading_the_run(tmp_path, verb, override, needles):
+    """Checked before the run is read (run_dir does not even exist): one line, no traceback from deep inside."""
+    proc = run_seqvae([verb, "run_dir=nowhere", override], cwd=tmp_path)
+    assert_one_error_line(proc, *needles)
+
+
 def test_unknown_option(tmp_path):
     proc = run_seqvae(["train", "model=nonexistent"], cwd=tmp_path)
     assert_hydra_error(proc, ["model/nonexistent"], anywhere=["Available options", "mlp_vae", "ae"])

@@ -201,3 +201,77 @@ def test_ae_pretraining_run_and_resume_across_the_decoder_reset(mnist_data_dir, 
     assert "decoder re-initialised" not in proc.stdout + proc.stderr      # the reset is not done twice
     b = json.loads((killed / "metrics.json").read_text())
     assert a["val"] == b["val"] and a["test"] == b["test"] and a["best_epoch"] == b["best_epoch"]
+
+
+def test_resume_from_a_checkpoint_file_into_a_new_run_dir_brings_best_along(smoke_run, tmp_path):
+    """trainer.resume=<file> with another run_dir: the new folder gets best.pt (copied from beside the file),
+    so the test pass at the end scores the best weights instead of failing on a missing best.pt."""
+    source = smoke_run.run_dir / "checkpoints"
+    new = tmp_path / "new"
+    proc = run_seqvae(["train", *SMOKE_ARGS, f"run_dir={new}", f"trainer.resume={source / 'last.pt'}",
+                       "trainer.max_epochs=3"], cwd=tmp_path)
+    assert proc.returncode == 0, describe(proc)
+    metrics = json.loads((new / "metrics.json").read_text())
+    assert metrics["epochs"] == 3 and "test" in metrics
+    best = load_state(new / "checkpoints" / "best.pt")
+    assert best["epoch"] == metrics["best_epoch"]
+    if metrics["best_epoch"] < 3:   # the best epoch came from the source run: its weights were carried over
+        original = load_state(source / "best.pt")
+        assert all(torch.equal(best["model"][k], original["model"][k]) for k in original["model"])
+
+
+def test_resume_from_a_lone_checkpoint_file_chooses_best_among_the_new_epochs(smoke_run, tmp_path):
+    lone = tmp_path / "lone"
+    lone.mkdir()
+    (lone / "last.pt").write_bytes((smoke_run.run_dir / "checkpoints" / "last.pt").read_bytes())
+    new = tmp_path / "new"
+    proc = run_seqvae(["train", *SMOKE_ARGS, f"run_dir={new}", f"trainer.resume={lone / 'last.pt'}",
+                       "trainer.max_epochs=3"], cwd=tmp_path)
+    assert proc.returncode == 0, describe(proc)
+    assert "no best.pt beside it" in proc.stdout + proc.stderr
+    metrics = json.loads((new / "metrics.json").read_text())
+    assert metrics["best_epoch"] == 3 and load_state(new / "checkpoints" / "best.pt")["epoch"] == 3
+
+
+def test_resume_may_lower_the_learning_rate_but_not_change_its_schedule(smoke_run, tmp_path):
+    """A NaN stop advises resuming with a lower optim.lr: that override is honoured (the checkpoint's lr would
+    otherwise come back with the scheduler state); optim.lr_schedule, which merely starts with the same
+    letters, is still refused."""
+    run = clone_run(smoke_run.run_dir, tmp_path / "run")
+    refused = run_seqvae(["train", *SMOKE_ARGS, f"run_dir={run}", "trainer.resume=true", "trainer.max_epochs=3",
+                          "optim.lr_schedule=cosine"], cwd=tmp_path)
+    assert_one_error_line(refused, "optim.lr_schedule", "cannot resume")
+    proc = run_seqvae(["train", *SMOKE_ARGS, f"run_dir={run}", "trainer.resume=true", "trainer.max_epochs=3",
+                       "optim.lr=1e-5", "optim.grad_clip=1.0"], cwd=tmp_path)
+    assert proc.returncode == 0, describe(proc)
+    assert "no longer replays" in proc.stdout + proc.stderr
+    state = load_state(run / "checkpoints" / "last.pt")
+    assert state["epoch"] == 3
+    assert state["config"]["optim"]["lr"] == 1e-5 and state["config"]["optim"]["grad_clip"] == 1.0
+    assert state["optimizer"]["param_groups"][0]["lr"] == pytest.approx(1e-5)   # constant schedule
+    assert state["scheduler"]["base_lrs"] == [1e-5]
+
+
+def test_non_finite_weights_without_validation_never_overwrite_last_pt(mnist_data_dir, tmp_path):
+    """val_every=2: epoch 1 ends without a validation; its one update (lr 1e39, inf in float32) made the weights
+    non-finite.
+    The run must stop there rather than save them as last.pt and then blame the next loss."""
+    run = tmp_path / "run"
+    proc = run_seqvae(["train", *SMOKE_ARGS, f"run_dir={run}", "optim.lr=1e39", "trainer.limit_train_batches=1",
+                       "trainer.val_every=2", "trainer.max_epochs=3"], cwd=tmp_path)
+    line = assert_one_error_line(proc, "weights became non-finite", "step 1 (epoch 1)", "optim.lr=")
+    assert not (run / "checkpoints" / "last.pt").exists(), line
+
+
+def test_resume_with_a_data_rng_state_of_another_device_warns_and_continues(smoke_run, tmp_path):
+    """A checkpoint written on CUDA holds a CUDA generator state (another size than a CPU one)."""
+    run = clone_run(smoke_run.run_dir, tmp_path / "run")
+    last = run / "checkpoints" / "last.pt"
+    state = load_state(last)
+    state["rng"]["data"] = torch.zeros(16, dtype=torch.uint8)    # the size of a CUDA Philox state
+    torch.save(state, last)
+    proc = run_seqvae(["train", *SMOKE_ARGS, f"run_dir={run}", "trainer.resume=true", "trainer.max_epochs=3"],
+                      cwd=tmp_path)
+    assert proc.returncode == 0, describe(proc)
+    assert "re-seeded" in proc.stdout + proc.stderr
+    assert load_state(last)["epoch"] == 3
