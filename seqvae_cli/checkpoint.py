@@ -101,7 +101,7 @@ def load_run(run_dir: str | None, checkpoint: str, device: torch.device, data_di
     path = resolve_checkpoint(run_dir, checkpoint)
     state = load_checkpoint(path, map_location=device)
     cfg = OmegaConf.create(state["config"])
-    trained_on = OmegaConf.select(cfg, "paths.data_dir")
+    trained_on = OmegaConf.select(cfg, "data.data_dir")    # what the data module read (runs store it absolute)
     keep_trained = data_dir_is_default and trained_on is not None and resolve_data_dir(trained_on).is_dir()
     if data_dir is not None and not keep_trained:
         cfg.paths.data_dir = data_dir

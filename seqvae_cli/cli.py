@@ -18,6 +18,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 from .config import (check_sweep_direction, is_bf16, metric_mode, register_resolvers, setup_device,
                      validate)
+from .data import resolve_data_dir
 from .errors import SeqvaeError
 
 log = logging.getLogger("seqvae")
@@ -72,6 +73,8 @@ def train_app(cfg: DictConfig) -> float:
         validate(cfg)
         if sweeping:
             check_sweep_direction(str(cfg.optimized_metric), direction)
+        # Stored absolute in checkpoints, so eval/sample find the data from any working directory.
+        cfg.paths.data_dir = str(resolve_data_dir(cfg.paths.data_dir))
         run_dir = Path(HydraConfig.get().runtime.output_dir)
         result = Trainer(cfg, run_dir, _overrides()).fit()
     except SeqvaeError as exc:

@@ -151,7 +151,8 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "traversal_range": number(0, lo_open=True),
     "manifold_size": number(2, integer=True),
     "scatter_points": number(1, integer=True),
-    "sentences": (lambda v: isinstance(v, str) or (isinstance(v, list) and all(isinstance(s, str) for s in v)),
+    "sentences": (lambda v: v is None or isinstance(v, (str, int, float)) or
+                  (isinstance(v, list) and all(isinstance(s, (str, int, float)) for s in v)),
                   "a sentence or a list of sentences, e.g. 'sentences=[the market fell,prices rose]'"),
     "data.iw_rows_per_chunk": number(1, integer=True),
     # text
@@ -235,6 +236,11 @@ def validate(cfg: DictConfig, rules: dict = RULES) -> None:
                           f"bound (objective.iw_samples={iw_samples}): free bits floor the KL term of the ELBO, "
                           f"which the importance-weighted bound does not have; set objective.free_bits.{key}=0 "
                           f"or objective.iw_samples=1")
+    lr, lr_min = OmegaConf.select(cfg, "optim.lr", default=None), OmegaConf.select(cfg, "optim.lr_min", default=None)
+    if OmegaConf.select(cfg, "optim.lr_schedule", default=None) == "cosine" and lr is not None and lr_min is not None \
+            and lr_min > lr:
+        raise SeqvaeError(f"config error: optim.lr_min={lr_min} is above optim.lr={lr}: the cosine schedule would "
+                          f"raise the learning rate; set optim.lr_min below optim.lr (e.g. optim.lr_min={lr / 100:g})")
     # Checked here, before any data loads; trainer.py re-checks against max_steps once batch counts are known.
     pretrain = OmegaConf.select(cfg, "objective.ae_pretrain_epochs", default=0) or 0
     epochs = OmegaConf.select(cfg, "trainer.max_epochs", default=None)

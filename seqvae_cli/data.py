@@ -149,6 +149,7 @@ class MNISTData(DataModule):
         self.eval_iw_samples, self.iw_rows_per_chunk, self.download = eval_iw_samples, iw_rows_per_chunk, download
         self.image_shape = (1, 28, 28)
         self.splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._binary_train: torch.Tensor | None = None
 
     def setup(self, device: torch.device) -> None:
         raw = find_or_download_mnist(self.data_dir, self.download)
@@ -190,10 +191,17 @@ class MNISTData(DataModule):
     def eval_batches(self, split, batch_size=None, limit=None):
         x, y = self.splits[split]
         bs = batch_size or self.eval_batch_size
-        # Dynamically binarised training images are stored grey; scoring them (eval split=train) binarises them
-        # with a fixed seed, as val/test were, so the scores are of binary images and repeatable.
-        gen = torch.Generator(device=x.device).manual_seed(self.static_seed + 1) \
-            if split == "train" and self.binarize == "dynamic" else None
+        if split == "train" and self.binarize == "dynamic":
+            x = self.binary_train_images()
         for i in range(batch_limit(limit, math.ceil(x.shape[0] / bs))):
-            xb = x[i * bs:(i + 1) * bs]
-            yield {"x": torch.bernoulli(xb, generator=gen) if gen is not None else xb, "y": y[i * bs:(i + 1) * bs]}
+            yield {"x": x[i * bs:(i + 1) * bs], "y": y[i * bs:(i + 1) * bs]}
+
+    def binary_train_images(self) -> torch.Tensor:
+        """Dynamically binarised training images are kept grey; scoring them (eval split=train) uses one fixed
+        binarisation, drawn on the CPU as val/test were, so the scores are of binary images and the same on
+        every device and for every batch size."""
+        if self._binary_train is None:
+            grey = self.splits["train"][0]
+            gen = torch.Generator().manual_seed(self.static_seed + 1)
+            self._binary_train = torch.bernoulli(grey.cpu(), generator=gen).to(grey.device)
+        return self._binary_train

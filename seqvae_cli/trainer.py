@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
+import shutil
 import time
 from pathlib import Path
 
@@ -81,6 +83,11 @@ def merge_resumed_config(cfg: DictConfig, stored: DictConfig, overrides: list[st
     for key in FROM_COMMAND_LINE + tuple(k for k in CHANGEABLE_ON_RESUME if k in explicit):
         if OmegaConf.select(cfg, key) is not None:
             OmegaConf.update(merged, key, OmegaConf.select(cfg, key), force_add=True)
+    then_lr, now_lr = OmegaConf.select(stored, "optim.lr"), OmegaConf.select(merged, "optim.lr")
+    if then_lr != now_lr and OmegaConf.select(merged, "optim.lr_min") is not None:
+        # A lower lr is the NaN cure: the whole schedule scales with it, floor included (an unscaled lr_min above the
+        # new lr would make the cosine rise).
+        OmegaConf.update(merged, "optim.lr_min", merged.optim.lr_min * now_lr / then_lr)
     for key in ("trainer.max_epochs", "trainer.max_steps", "optim.lr"):
         then, now = OmegaConf.select(stored, key), OmegaConf.select(merged, key)
         if key in explicit and then != now:
@@ -160,13 +167,13 @@ class Trainer:
         load_model_state(self.model, state, path)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        stored_lr = state["config"]["optim"]["lr"]
-        if self.cfg.optim.lr != stored_lr:  # resumed with a new optim.lr: the schedule continues from it
-            self.scheduler.base_lrs = [self.cfg.optim.lr for _ in self.optimizer.param_groups]
-            for group in self.optimizer.param_groups:
-                group["initial_lr"] = self.cfg.optim.lr
-                group["lr"] = self.cfg.optim.lr * lr_factor(self.cfg.optim, state["step"], self.total_steps,
-                                                            self.steps_per_epoch)
+        # The loaded states carry the old lr and the lr of the old schedule length; resumed with a new optim.lr or
+        # max_epochs/max_steps, the schedule continues from the new ones (unchanged, this recomputes the same value).
+        self.scheduler.base_lrs = [self.cfg.optim.lr for _ in self.optimizer.param_groups]
+        for group in self.optimizer.param_groups:
+            group["initial_lr"] = self.cfg.optim.lr
+            group["lr"] = self.cfg.optim.lr * lr_factor(self.cfg.optim, state["step"], self.total_steps,
+                                                        self.steps_per_epoch)
         self.step, self.epoch = state["step"], state["epoch"]
         best = state["best"]
         self.best_value, self.best_epoch, self.best_val = best["value"], best["epoch"], best["val"]
@@ -187,17 +194,19 @@ class Trainer:
     def carry_best_checkpoint(self, path: Path) -> None:
         """Resuming from a checkpoint file into another run directory: bring its best.pt along, so the test pass
         and later comparisons use the best weights seen, not just those after resuming."""
-        target = self.run_dir / "checkpoints" / "best.pt"
-        if target.exists() or self.best_epoch < 0:
+        target, source = self.run_dir / "checkpoints" / "best.pt", path.parent / "best.pt"
+        if self.best_epoch < 0 or (target.exists() and source.exists() and target.samefile(source)):
             return
-        source = path.parent / "best.pt"
-        if source.is_file():
-            save_atomic(load_checkpoint(source), target)
+        if source.is_file() and load_checkpoint(source)["epoch"] == self.best_epoch:
+            tmp = target.with_name("best.pt.tmp")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, tmp)
+            os.replace(tmp, target)
             log.info("copied %s to %s (best epoch %d)", source, target, self.best_epoch)
             return
-        log.warning("%s has no best.pt beside it: the best validation value so far (%s=%.4f, epoch %d) is "
-                    "forgotten and best.pt is chosen among the epochs trained from here", path,
-                    self.optimized_metric, self.best_value, self.best_epoch)
+        log.warning("%s has no best.pt of its best epoch %d beside it: that best (%s=%.4f) is forgotten and best.pt "
+                    "is chosen among the epochs trained from here", path, self.best_epoch, self.optimized_metric,
+                    self.best_value)
         self.best_value = math.inf if self.optimized_mode == "min" else -math.inf
         self.best_val, self.best_epoch = {}, -1
 
@@ -275,7 +284,8 @@ class Trainer:
         last = self.run_dir / "checkpoints" / "last.pt"
         lr, clip = self.cfg.optim.lr, self.cfg.optim.grad_clip
         cure = f"optim.lr={lr / 10:g}" + ("" if clip > 0 else " optim.grad_clip=5.0")
-        keep = (f"{last} keeps the last good state: continue it with trainer.resume=true {cure}" if last.exists()
+        keep = (f"{last} keeps the last good state: continue it with seqvae train run_dir={self.run_dir} "
+                f"trainer.resume=true {cure}" if last.exists()
                 else f"no checkpoint was written yet: start again with {cure}")
         raise SeqvaeError(f"{what} at step {self.step} (epoch {epoch or self.epoch + 1}); training stopped and {keep}")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from omegaconf import ListConfig
 from torch.utils.tensorboard import SummaryWriter
 
 from .decoding import decode, homotopy, to_text
@@ -65,7 +66,8 @@ def during_training(model, dm, writer: SummaryWriter, step: int) -> None:
 
 def given_sentences(cfg) -> list[str]:
     # sentences="the market fell" is one sentence (a plain string would otherwise iterate into characters).
-    sentences = [cfg.sentences] if isinstance(cfg.sentences, str) else list(cfg.sentences or [])
+    given = cfg.sentences if cfg.sentences is not None else []
+    sentences = [str(s) for s in (given if isinstance(given, (list, ListConfig)) else [given])]
     if cfg.sentences_file:
         path = Path(cfg.sentences_file)
         text = read_text_file(path, f"sentences_file={path}", "sentences_file (a text file with one sentence per "

@@ -214,6 +214,14 @@ def test_validate_refuses_free_bits_with_the_iwae_bound(hydra_conf):
     validate(compose_train(["objective.free_bits.per_dim=0.5"])[0])     # with the ELBO it is the usual recipe
 
 
+def test_validate_refuses_a_cosine_floor_above_the_lr(hydra_conf):
+    cfg = compose_train(["optim.lr_schedule=cosine", "optim.lr=1e-4", "optim.lr_min=1e-3"])[0]
+    with pytest.raises(SeqvaeError, match=r"optim.lr_min=0.001 is above optim.lr=0.0001"):
+        validate(cfg)
+    validate(compose_train(["optim.lr_schedule=cosine", "optim.lr=1e-3", "optim.lr_min=1e-4"])[0])
+    validate(compose_train(["optim.lr_schedule=constant", "optim.lr=1e-4", "optim.lr_min=1e-3"])[0])  # unused
+
+
 def test_metrics_where_higher_is_better_are_maximised():
     assert [metric_mode(m) for m in ("val/neg_elbo", "val/iw_nll", "val/nll", "val/mse")] == ["min"] * 4
     assert [metric_mode(m) for m in ("val/auroc", "val/auprc", "val/best_f1", "val/nab/machine_temp/auroc",

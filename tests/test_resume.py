@@ -204,20 +204,17 @@ def test_ae_pretraining_run_and_resume_across_the_decoder_reset(mnist_data_dir, 
 
 
 def test_resume_from_a_checkpoint_file_into_a_new_run_dir_brings_best_along(smoke_run, tmp_path):
-    """trainer.resume=<file> with another run_dir: the new folder gets best.pt (copied from beside the file),
-    so the test pass at the end scores the best weights instead of failing on a missing best.pt."""
+    """trainer.resume=<file> with another run_dir and nothing left to train: the test pass at the end must score
+    the source run's best.pt, copied into the new folder (it used to fail on a missing best.pt)."""
     source = smoke_run.run_dir / "checkpoints"
     new = tmp_path / "new"
-    proc = run_seqvae(["train", *SMOKE_ARGS, f"run_dir={new}", f"trainer.resume={source / 'last.pt'}",
-                       "trainer.max_epochs=3"], cwd=tmp_path)
+    proc = run_seqvae(["train", *SMOKE_ARGS, f"run_dir={new}", f"trainer.resume={source / 'last.pt'}"], cwd=tmp_path)
     assert proc.returncode == 0, describe(proc)
+    assert "copied" in proc.stdout + proc.stderr
+    assert (new / "checkpoints" / "best.pt").read_bytes() == (source / "best.pt").read_bytes()
     metrics = json.loads((new / "metrics.json").read_text())
-    assert metrics["epochs"] == 3 and "test" in metrics
-    best = load_state(new / "checkpoints" / "best.pt")
-    assert best["epoch"] == metrics["best_epoch"]
-    if metrics["best_epoch"] < 3:   # the best epoch came from the source run: its weights were carried over
-        original = load_state(source / "best.pt")
-        assert all(torch.equal(best["model"][k], original["model"][k]) for k in original["model"])
+    original = json.loads((smoke_run.run_dir / "metrics.json").read_text())
+    assert metrics["best_epoch"] == original["best_epoch"] and metrics["test"] == original["test"]
 
 
 def test_resume_from_a_lone_checkpoint_file_chooses_best_among_the_new_epochs(smoke_run, tmp_path):
@@ -228,7 +225,7 @@ def test_resume_from_a_lone_checkpoint_file_chooses_best_among_the_new_epochs(sm
     proc = run_seqvae(["train", *SMOKE_ARGS, f"run_dir={new}", f"trainer.resume={lone / 'last.pt'}",
                        "trainer.max_epochs=3"], cwd=tmp_path)
     assert proc.returncode == 0, describe(proc)
-    assert "no best.pt beside it" in proc.stdout + proc.stderr
+    assert "no best.pt of its best epoch" in proc.stdout + proc.stderr
     metrics = json.loads((new / "metrics.json").read_text())
     assert metrics["best_epoch"] == 3 and load_state(new / "checkpoints" / "best.pt")["epoch"] == 3
 
@@ -244,12 +241,43 @@ def test_resume_may_lower_the_learning_rate_but_not_change_its_schedule(smoke_ru
     proc = run_seqvae(["train", *SMOKE_ARGS, f"run_dir={run}", "trainer.resume=true", "trainer.max_epochs=3",
                        "optim.lr=1e-5", "optim.grad_clip=1.0"], cwd=tmp_path)
     assert proc.returncode == 0, describe(proc)
-    assert "no longer replays" in proc.stdout + proc.stderr
+    assert "resuming with optim.lr=1e-05 (was 0.001)" in proc.stdout + proc.stderr
     state = load_state(run / "checkpoints" / "last.pt")
     assert state["epoch"] == 3
     assert state["config"]["optim"]["lr"] == 1e-5 and state["config"]["optim"]["grad_clip"] == 1.0
     assert state["optimizer"]["param_groups"][0]["lr"] == pytest.approx(1e-5)   # constant schedule
     assert state["scheduler"]["base_lrs"] == [1e-5]
+
+
+@pytest.mark.parametrize("new_lr, new_epochs", [(5e-4, 3), (1e-3, 4), (2e-4, 5)])
+def test_resumed_lr_follows_the_schedule_of_the_new_lr_and_length(mnist_data_dir, tmp_path, new_lr, new_epochs):
+    """Warm-up + cosine, stopped after epoch 1 of 3, resumed with another lr and/or length: at every later step
+    the lr is the one a fresh run with those settings (floor scaled with the lr) has at that step."""
+    from conftest import compose_train_config
+    from seqvae_cli.checkpoint import save_atomic
+    from seqvae_cli.trainer import Trainer
+    base = ["debug=smoke", "trainer.progress_bar=false", "trainer.log_visuals=false", "trainer.test=false",
+            "device=cpu", "optim.lr_schedule=cosine", "optim.warmup_steps=3", "optim.lr=1e-3", "optim.lr_min=1e-4"]
+    first = Trainer(compose_train_config(*base, "trainer.max_epochs=3"), tmp_path / "run", [])
+    first.train_epoch()
+    first.epoch += 1
+    save_atomic(first.state(), tmp_path / "run" / "checkpoints" / "last.pt")
+    first.writer.close()
+    changes = [f"optim.lr={new_lr}", f"trainer.max_epochs={new_epochs}"]
+    resumed = Trainer(compose_train_config(*base, *changes, "trainer.resume=true"), tmp_path / "run", changes)
+    scaled_floor = f"optim.lr_min={1e-4 * new_lr / 1e-3}"
+    fresh = Trainer(compose_train_config(*base, *changes, scaled_floor), tmp_path / "fresh", [])
+    assert resumed.step == 5 and resumed.cfg.optim.lr_min == pytest.approx(1e-4 * new_lr / 1e-3)
+    fresh_lrs, resumed_lrs = [], []
+    for step in range(5 * new_epochs):
+        if step >= 5:
+            fresh_lrs.append(fresh.optimizer.param_groups[0]["lr"])
+            resumed_lrs.append(resumed.optimizer.param_groups[0]["lr"])
+            resumed.optimizer.step(), resumed.scheduler.step()
+        fresh.optimizer.step(), fresh.scheduler.step()
+    assert resumed_lrs == pytest.approx(fresh_lrs, rel=1e-12)
+    assert max(fresh_lrs) <= new_lr and fresh_lrs[-1] < fresh_lrs[0]        # decaying, never above the new lr
+    resumed.writer.close(), fresh.writer.close()
 
 
 def test_non_finite_weights_without_validation_never_overwrite_last_pt(mnist_data_dir, tmp_path):
