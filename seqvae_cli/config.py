@@ -237,8 +237,8 @@ def validate(cfg: DictConfig, rules: dict = RULES) -> None:
                           f"which the importance-weighted bound does not have; set objective.free_bits.{key}=0 "
                           f"or objective.iw_samples=1")
     lr, lr_min = OmegaConf.select(cfg, "optim.lr", default=None), OmegaConf.select(cfg, "optim.lr_min", default=None)
-    if OmegaConf.select(cfg, "optim.lr_schedule", default=None) == "cosine" and lr is not None and lr_min is not None \
-            and lr_min > lr:
+    cosine = OmegaConf.select(cfg, "optim.lr_schedule", default=None) == "cosine"
+    if cosine and lr is not None and lr_min is not None and lr_min > lr:
         raise SeqvaeError(f"config error: optim.lr_min={lr_min} is above optim.lr={lr}: the cosine schedule would "
                           f"raise the learning rate; set optim.lr_min below optim.lr (e.g. optim.lr_min={lr / 100:g})")
     # Checked here, before any data loads; trainer.py re-checks against max_steps once batch counts are known.

@@ -91,8 +91,8 @@ def merge_resumed_config(cfg: DictConfig, stored: DictConfig, overrides: list[st
     for key in ("trainer.max_epochs", "trainer.max_steps", "optim.lr"):
         then, now = OmegaConf.select(stored, key), OmegaConf.select(merged, key)
         if key in explicit and then != now:
-            log.warning("resuming with %s=%s (was %s): the lr and KL schedules are recomputed for it, so this run "
-                        "no longer replays the uninterrupted one exactly", key, now, then)
+            log.warning("resuming with %s=%s (was %s): the schedules are recomputed for it, so this run no "
+                        "longer replays the uninterrupted one exactly", key, now, then)
     return merged
 
 
@@ -225,7 +225,8 @@ class Trainer:
             if self.epoch % tc.val_every == 0 or self.epoch >= tc.max_epochs or self.step >= self.total_steps:
                 self.validate()
             elif not all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):
-                self.stop_non_finite("the weights became non-finite", self.epoch)  # never overwrite a good last.pt with them
+                # No validation looked at them: never overwrite a good last.pt with non-finite weights.
+                self.stop_non_finite("the weights became non-finite", self.epoch)
             save_atomic(self.state(), self.run_dir / "checkpoints" / "last.pt")
         if self.best_epoch < 0:  # resumed a finished run, or no validation happened
             self.validate()

@@ -10,7 +10,6 @@ from torch.utils.tensorboard import SummaryWriter
 
 from .decoding import decode, homotopy, to_text
 from .data import read_text_file
-from .errors import SeqvaeError
 
 
 def _markdown(lines: list[str]) -> str:
