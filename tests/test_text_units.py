@@ -533,7 +533,7 @@ def test_text_config_requires_files():
 
 # ------------------------------------------------------------------------------------------ presets
 
-@pytest.mark.parametrize("experiment", ["ptb_bowman", "ptb_cyclical", "ptb_li2019", "ptb_lm"])
+@pytest.mark.parametrize("experiment", ["ptb_bowman", "ptb_cyclical", "ptb_li2019", "ptb_lm", "ptb_cyclical_fb"])
 def test_ptb_presets_have_the_published_sizes_and_the_measured_recipe(experiment):
     """The sizes text-VAE papers share (256-unit LSTMs, 32-d latent, dropout 0.5, batch 32) and the optimiser
     settings of the README's PTB table, so `seqvae train experiment=X` is the command that reproduces it."""
@@ -546,12 +546,13 @@ def test_ptb_presets_have_the_published_sizes_and_the_measured_recipe(experiment
     assert cfg.data.name == "ptb" and cfg.data.batch_size == 32
     assert (m.rnn, m.embed_dim, m.hidden_size, m.embed_dropout, m.output_dropout) == ("lstm", 256, 256, 0.5, 0.5)
     assert (cfg.optim.lr, cfg.optim.lr_schedule, cfg.optim.lr_min, cfg.optim.grad_clip) == (2e-3, "cosine", 1e-5, 5.0)
-    assert cfg.trainer.max_epochs == 20
+    assert cfg.trainer.max_epochs == (30 if experiment == "ptb_cyclical_fb" else 20)
+    assert m.get("tie_weights", False) == (experiment == "ptb_cyclical_fb")
     if experiment == "ptb_lm":
         assert m.name == "lstm_lm" and cfg.optimized_metric == "val/nll"
         return
     assert m.name == "lstm_vae" and m.latent_dim == 32 and m.z_conditioning == "init"
     recipe = {"ptb_bowman": ("sigmoid", 0.25, 0.0, 0), "ptb_cyclical": ("cyclical", 0.0, 0.0, 0),
-              "ptb_li2019": ("linear", 0.0, 0.1, 5)}[experiment]
+              "ptb_li2019": ("linear", 0.0, 0.1, 5), "ptb_cyclical_fb": ("cyclical", 0.0, 0.05, 0)}[experiment]
     o = cfg.objective
     assert (o.kl_anneal.schedule, m.word_dropout, o.free_bits.per_dim, o.ae_pretrain_epochs) == recipe
