@@ -16,8 +16,8 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 from torch.utils.tensorboard import SummaryWriter
 
-from .config import (check_sweep_direction, is_bf16, metric_mode, register_resolvers, setup_device,
-                     validate)
+from .config import (check_sweep_direction, is_bf16, metric_mode, override_keys, register_resolvers,
+                     setup_device, validate)
 from .data import resolve_data_dir
 from .errors import SeqvaeError
 
@@ -56,7 +56,7 @@ def _overrides() -> list[str]:
 
 def _data_dir_is_default() -> bool:
     """paths.data_dir is only the ./data fallback: neither $SEQVAE_DATA_DIR nor an override chose it."""
-    chosen = any(o.split("=", 1)[0].lstrip("+~") in ("paths", "paths.data_dir") for o in _overrides())
+    chosen = any(key in ("paths", "paths.data_dir") for key in override_keys(_overrides()))
     return not chosen and not os.environ.get("SEQVAE_DATA_DIR")
 
 

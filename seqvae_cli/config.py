@@ -192,6 +192,11 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
 }
 
 
+def override_keys(overrides: list[str]) -> list[str]:
+    """The keys a command line set (`+a.b=1`, `~c`, `d=2` -> a.b, c, d)."""
+    return [item.split("=", 1)[0].lstrip("+~") for item in overrides]
+
+
 # Validation metrics where a higher value is the better model; every other metric is minimised.
 HIGHER_IS_BETTER = ("auroc", "auprc", "best_f1", "active_units")
 

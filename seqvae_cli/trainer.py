@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from . import visuals
 from .checkpoint import FORMAT, build, load_checkpoint, load_model_state, save_atomic
-from .config import is_bf16, metric_mode, setup_device
+from .config import is_bf16, metric_mode, override_keys, setup_device
 from .errors import SeqvaeError
 from .evaluate import evaluate, public
 from .models import LatentModel
@@ -69,7 +69,7 @@ def lr_factor(cfg: DictConfig, step: int, total_steps: int, steps_per_epoch: int
 
 def merge_resumed_config(cfg: DictConfig, stored: DictConfig, overrides: list[str], path: Path) -> DictConfig:
     """The checkpoint's config wins; an explicit override that contradicts it is an error, not silently dropped."""
-    explicit = [item.split("=", 1)[0].lstrip("+~") for item in overrides]
+    explicit = override_keys(overrides)
     for key in explicit:
         if _is_under(key, RESUMABLE_OVERRIDES):
             continue
