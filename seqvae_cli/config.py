@@ -262,7 +262,8 @@ def pick_device(kind: str) -> torch.device:
     if kind == "cuda" and not torch.cuda.is_available():
         raise SeqvaeError("device=cuda was asked for but torch sees no CUDA device; use device=auto or device=cpu")
     if kind == "mps" and not has_mps:
-        raise SeqvaeError("device=mps was asked for but this torch build has no MPS backend; use device=auto or device=cpu")
+        raise SeqvaeError("device=mps was asked for but this torch build has no MPS backend; "
+                          "use device=auto or device=cpu")
     return torch.device(kind)
 
 

@@ -7,9 +7,9 @@ They use only the models' step interface (models_seq.py):
 z is [N, D] for a latent-variable model, None for a language model (then give n).
 
 Every strategy stops a sentence at <eos> (which is kept, and counted in its length and log-probability)
-or after max_len tokens; <pad> and <sos> are never generated. Each returns a Decoded: tokens [N, L] padded with <pad>, lengths [N], and the
-model's log-probability of each returned sequence (untempered, unfiltered). Sampling takes a
-torch.Generator, so the same seed gives the same sentences.
+or after max_len tokens; <pad> and <sos> are never generated. Each returns a Decoded: tokens [N, L] padded
+with <pad>, lengths [N], and the model's log-probability of each returned sequence (untempered,
+unfiltered). Sampling takes a torch.Generator, so the same seed gives the same sentences.
 """
 from __future__ import annotations
 

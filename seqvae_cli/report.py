@@ -41,7 +41,8 @@ def main(argv: list[str]) -> int:
         return 2
     rows = collect(args.sweep_dir)
     if not rows:
-        print(f"seqvae: error: no job in {args.sweep_dir} has a metrics.json (expected {args.sweep_dir}/N/metrics.json); "
+        print(f"seqvae: error: no job in {args.sweep_dir} has a metrics.json "
+              f"(expected {args.sweep_dir}/N/metrics.json); "
               f"did the sweep finish?", file=sys.stderr)
         return 2
     metric = next(k for k in rows[0] if "/" in k and not k.startswith("test/"))

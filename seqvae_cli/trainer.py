@@ -345,7 +345,8 @@ class Trainer:
         best = load_checkpoint(self.run_dir / "checkpoints" / "best.pt", map_location=self.device)
         load_model_state(self.model, best, self.run_dir / "checkpoints" / "best.pt")
         torch.manual_seed(tc.seed)  # the test pass draws samples: make it the same for a resumed run
-        metrics = evaluate(self.model, self.dm, "test", iw_samples=tc.test_iw_samples, limit=tc.get("limit_test_batches"))
+        metrics = evaluate(self.model, self.dm, "test", iw_samples=tc.test_iw_samples,
+                           limit=tc.get("limit_test_batches"))
         for key, value in public(metrics).items():
             if isinstance(value, (int, float)):
                 self.writer.add_scalar(f"test/{key}", value, self.step)

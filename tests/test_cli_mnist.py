@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 import yaml
@@ -149,6 +150,25 @@ def test_eval_finds_the_training_data_without_a_data_setting(smoke_run, tmp_path
     proc = run_seqvae(["eval", f"run_dir={run}", "iw_samples=2", "limit_examples=100", f"paths.data_dir={elsewhere}"],
                       cwd=tmp_path, env=env)
     assert_one_error_line(proc, "MNIST not found", str(elsewhere / "MNIST" / "raw"))
+
+
+def test_a_relative_data_root_is_kept_absolute_for_eval(tmp_path, mnist_data_dir):
+    """`seqvae train paths.data_dir=<relative>` stores the root it resolved, so eval run from another folder
+    (no ./data, no $SEQVAE_DATA_DIR) still finds the data the run trained on."""
+    import torch
+    from conftest import SMOKE_ARGS, train
+    work, other = tmp_path / "work", tmp_path / "other"
+    work.mkdir()
+    other.mkdir()
+    (work / "mydata").symlink_to(mnist_data_dir, target_is_directory=True)
+    env = seqvae_env()
+    env.pop("SEQVAE_DATA_DIR", None)
+    run = train(work, [*SMOKE_ARGS, "trainer.log_visuals=false", "paths.data_dir=mydata"], env=env).run_dir
+    stored = torch.load(run / "checkpoints" / "best.pt", weights_only=True)["config"]["paths"]["data_dir"]
+    assert Path(stored).is_absolute() and Path(stored) == (work / "mydata").resolve()
+    proc = run_seqvae(["eval", f"run_dir={run}", "iw_samples=2", "limit_examples=50"], cwd=other, env=env)
+    assert proc.returncode == 0, describe(proc)
+    assert json.loads((run / "eval.json").read_text())["test"]["num_examples"] == 50
 
 
 # ----------------------------------------------------------------------------------------- sample

@@ -406,7 +406,8 @@ def test_ae_pretraining_step_is_a_deterministic_autoencoder(small_model_and_data
 def bf16_cases():
     from seqvae_cli.models_seq import LSTMLM, LSTMVAE, SeriesLSTMVAE
     gen = torch.Generator().manual_seed(3)
-    text = {"x": torch.tensor([[5, 6, 7, 8, 3], [9, 3, 0, 0, 0], [4, 10, 11, 3, 0]]), "lengths": torch.tensor([5, 2, 4])}
+    text = {"x": torch.tensor([[5, 6, 7, 8, 3], [9, 3, 0, 0, 0], [4, 10, 11, 3, 0]]),
+            "lengths": torch.tensor([5, 2, 4])}
     torch.manual_seed(0)
     return [
         ("mlp_vae", MLPVAE(input_dim=30, hidden_sizes=[16], latent_dim=3), {"x": torch.rand(8, 30, generator=gen)}, {}),
