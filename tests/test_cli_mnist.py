@@ -203,6 +203,15 @@ def test_train_help_lists_the_config_groups(tmp_path):
     assert re.search(r"^experiment: .*mnist_iwae.*mnist_nll.*mnist_pe", proc.stdout, re.M)
 
 
+def test_the_autoencoder_baseline_trains_and_selects_by_reconstruction(tmp_path, mnist_data_dir):
+    """`seqvae train model=ae` as the README shows it: no ELBO, so best.pt follows the validation rec."""
+    from conftest import SMOKE_ARGS, train
+    run = train(tmp_path, ["model=ae", *SMOKE_ARGS, "trainer.log_visuals=false"])
+    metrics = json.loads((run.run_dir / "metrics.json").read_text())
+    assert metrics["optimized_metric"] == "val/rec" and metrics["optimized_value"] == metrics["val"]["rec"]
+    assert "neg_elbo" not in metrics["test"] and metrics["test"]["rec"] > 0
+
+
 def test_iwae_validates_and_selects_by_the_iw_bound(tmp_path, mnist_data_dir):
     """experiment=mnist_iwae scores the validation IW-NLL at each validation and picks best.pt by it."""
     from conftest import SMOKE_ARGS, train

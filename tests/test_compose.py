@@ -121,7 +121,11 @@ def test_experiment_values(hydra_conf):
 
 
 def test_model_group_options_are_what_they_say(hydra_conf):
-    assert compose_train(["model=ae"])[0].model._target_ == "seqvae_cli.models.MLPAutoencoder"
+    ae = compose_train(["model=ae"])[0]
+    assert ae.model._target_ == "seqvae_cli.models.MLPAutoencoder" and ae.model.hidden_sizes == [400]
+    assert ae.optimized_metric == "val/rec"      # it has no ELBO to pick best.pt by
+    assert compose_train(["model=ae", "optimized_metric=val/active_units"])[0].optimized_metric == \
+        "val/active_units"
     assert compose_train(["model=mlp_vae"])[0].model._target_ == "seqvae_cli.models.MLPVAE"
     assert compose_train(["optim=adamw"])[0].optim.name == "adamw"
     assert compose_train(["objective=iwae"])[0].objective.iw_samples > 1
