@@ -215,6 +215,8 @@ class Trainer:
         tc = self.cfg.trainer
         started = time.time()
         self.writer.add_text("config", "```\n" + OmegaConf.to_yaml(self.cfg) + "\n```", 0)
+        if self.epoch == 0 and self.step == 0:
+            self.check_optimized_metric()
         while self.epoch < tc.max_epochs and self.step < self.total_steps:
             self.train_epoch()
             self.epoch += 1
@@ -301,17 +303,38 @@ class Trainer:
         if float(terms.aux) != 0.0:
             w.add_scalar("train/aux", float(terms.aux), s)
 
-    def validate(self) -> dict:
+    def validation_metrics(self) -> dict:
         tc = self.cfg.trainer
         metrics = evaluate(self.model, self.dm, "val", iw_samples=tc.get("val_iw_samples", 0),
                            limit=tc.limit_val_batches, with_mutual_info=False)
+        weight = self.objective.kl_weight(max(self.step - 1, 0))
+        metrics["loss"] = metrics["rec"] + weight * metrics.get("kl", 0.0)
+        return metrics
+
+    def optimized_value(self, metrics: dict) -> float:
+        key = self.optimized_metric.split("/", 1)[-1]
+        numeric = sorted(f"val/{k}" for k, v in public(metrics).items() if isinstance(v, (int, float)))
+        if f"val/{key}" not in numeric:
+            raise SeqvaeError(f"optimized_metric={self.optimized_metric!r} is not a numeric validation metric of "
+                              f"this model; choose one of {numeric}")
+        return float(metrics[key])
+
+    def check_optimized_metric(self) -> None:
+        """Score the validation split once before training, so a wrong optimized_metric fails in seconds rather
+        than after the first epoch. The RNG streams are put back: training draws what it would without this."""
+        devices = [self.device] if self.device.type in ("cuda", "mps") else []
+        with torch.random.fork_rng(devices=devices, device_type=self.device.type if devices else "cuda"):
+            self.optimized_value(self.validation_metrics())
+
+    def validate(self) -> dict:
+        tc = self.cfg.trainer
+        metrics = self.validation_metrics()
         # An update can turn the weights non-finite after a finite loss: stop before logging or checkpointing.
         if not all(math.isfinite(metrics[k]) for k in ("rec", "kl", "neg_elbo") if k in metrics) or \
                 ("_mu" in metrics and not bool(torch.isfinite(metrics["_mu"]).all())):
             self.stop_non_finite("validation metrics became non-finite", max(self.epoch, 1))
         w, s = self.writer, self.step
         weight = self.objective.kl_weight(max(s - 1, 0))
-        metrics["loss"] = metrics["rec"] + weight * metrics.get("kl", 0.0)
         for key, value in public(metrics).items():
             if isinstance(value, (int, float)) and key not in ("num_examples",):
                 w.add_scalar(f"val/{key}", value, s)
@@ -323,12 +346,7 @@ class Trainer:
             w.add_histogram("val/kl_per_dim", metrics["_kl_per_dim"], s)
         if tc.log_visuals:
             visuals.during_training(self.model, self.dm, w, s)
-        key = self.optimized_metric.split("/", 1)[-1]
-        numeric = sorted(f"val/{k}" for k, v in public(metrics).items() if isinstance(v, (int, float)))
-        if f"val/{key}" not in numeric:
-            raise SeqvaeError(f"optimized_metric={self.optimized_metric!r} is not a numeric validation metric of "
-                              f"this model; choose one of {numeric}")
-        value = float(metrics[key])
+        value = self.optimized_value(metrics)
         summary = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
                             for k, v in public(metrics).items() if k not in ("split",))
         log.info("epoch %d validation: %s", self.epoch, summary)

@@ -30,6 +30,13 @@ def test_bad_value(tmp_path, override, needles):
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
+def test_a_metric_the_model_does_not_report_fails_before_the_first_epoch(tmp_path, mnist_data_dir):
+    proc = run_seqvae(["train", *SMOKE_ARGS, "optimized_metric=val/elbo", "run_dir=run"], cwd=tmp_path)
+    assert_one_error_line(proc, "optimized_metric='val/elbo'", "val/neg_elbo")
+    assert not (tmp_path / "run" / "checkpoints" / "last.pt").exists()
+    assert "epoch 1:" not in (tmp_path / "run" / "train.log").read_text()
+
+
 @pytest.mark.parametrize("verb,override,needles", [
     ("eval", "limit_examples=-5", ("limit_examples=-5", "positive integer")),
     ("eval", "batch_size=0", ("batch_size=0",)),

@@ -14,8 +14,8 @@ from seqvae_cli import report
 
 def test_best_checkpoint_of_a_maximised_metric_is_its_highest_value(tmp_path, monkeypatch, mnist_data_dir):
     """Validation reports active units 5, 9, 7 over three epochs: best.pt must be epoch 2 (9 units), where a
-    minimising trainer would keep epoch 1."""
-    scripted = iter([5, 9, 7])
+    minimising trainer would keep epoch 1. (The first value, 0, is the check of the metric before training.)"""
+    scripted = iter([0, 5, 9, 7])
     real_evaluate = trainer_module.evaluate
 
     def evaluate_with_scripted_units(model, dm, split, **kwargs):
@@ -35,6 +35,19 @@ def test_best_checkpoint_of_a_maximised_metric_is_its_highest_value(tmp_path, mo
     assert best["epoch"] == 2
     assert json.loads((tmp_path / "metrics.json").read_text())["optimized_mode"] == "max"
 
+
+
+def test_the_metric_check_before_training_leaves_the_random_streams_alone(tmp_path, mnist_data_dir):
+    """fit() scores the validation split once before the first epoch; that pass draws posterior samples, so
+    without restoring the RNG it would shift every later draw of training."""
+    cfg = compose_train_config("debug=smoke", "trainer.progress_bar=false", "trainer.log_visuals=false",
+                               "device=cpu")
+    trainer = trainer_module.Trainer(cfg, tmp_path, [])
+    before = torch.get_rng_state()
+    trainer.check_optimized_metric()
+    assert torch.equal(torch.get_rng_state(), before)
+    trainer.validation_metrics()                       # the same pass, unguarded, does move the stream
+    assert not torch.equal(torch.get_rng_state(), before)
 
 @pytest.mark.parametrize("mode, metric, best_first", [("max", "val/auroc", 0.95), ("min", "val/neg_elbo", 0.80)])
 def test_report_ranks_jobs_by_the_metric_direction(tmp_path, capsys, mode, metric, best_first):
