@@ -20,9 +20,9 @@ Both trainings are made to compute the same thing, so their loss curves must agr
   * same reparameterisation noise: each training starts from the global RNG state the Trainer's
     constructor leaves behind (torch.manual_seed(seed), then the five Linear layers' init), and
     nothing else in either loop draws from the global RNG.
-What remains is float noise: seqvae minimises the batch mean with BCE-with-logits, the textbook the
-batch sum with BCE on sigmoid outputs, and Adam's eps makes its step depend very slightly on that
-scale. (Checked: a textbook loop using the batch mean and BCE-with-logits tracks seqvae to ~1e-9.)
+What remains is float noise: seqvae minimises the batch mean with its logits-based Bernoulli
+likelihood (models.bernoulli_log_prob, the same value as BCE-with-logits), the textbook the batch sum
+with BCE on sigmoid outputs, and Adam's eps makes its step depend very slightly on that scale.
 Both epoch losses are per example: the textbook's summed loss / 50,000, seqvae's batch losses weighted by
 batch size.
 

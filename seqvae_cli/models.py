@@ -15,12 +15,46 @@ import math
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from .data import Batch
 from .errors import SeqvaeError
 
 ACTIVATIONS = {"relu": nn.ReLU, "elu": nn.ELU, "tanh": nn.Tanh, "softplus": nn.Softplus, "gelu": nn.GELU}
+
+
+class BernoulliLogProb(torch.autograd.Function):
+    """log p(x | logits) of independent Bernoulli pixels, summed over the last dim: x*l - softplus(l).
+
+    Same value and gradient as -F.binary_cross_entropy_with_logits(l, x).sum(-1), but 2-5x faster on the
+    CPU. The library's kernel computes log(sigmoid) with log1p, which runs ~3x slower than exp + log
+    here, and autograd through a written-out formula keeps many intermediates. This term is a large
+    share of each MNIST step: k times over for IWAE training and the IW-NLL. softplus(l) is computed
+    as max(l, 0) + log(1 + exp(-|l|)) in place on one buffer; log(1 + e) instead of log1p(e) only
+    drops e where e < 6e-8, far below float32 noise in a sum over 784 pixels. The gradient is the
+    textbook x - sigmoid(l). x may hold grey levels in [0, 1] (soft targets, as pytorch/examples).
+    """
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(logits, x)
+        softplus = logits.abs().neg_().exp_().add_(1.0).log_().add_(logits.clamp(min=0.0))
+        return softplus.addcmul_(x, logits, value=-1.0).sum(-1).neg_()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        logits, x = ctx.saved_tensors
+        grad = grad.unsqueeze(-1)
+        grad_logits = (x - torch.sigmoid(logits)).mul_(grad) if ctx.needs_input_grad[0] else None
+        grad_x = (logits * grad).sum_to_size(x.shape) if ctx.needs_input_grad[1] else None
+        return grad_logits, grad_x
+
+
+def bernoulli_log_prob(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """[..., P] logits and targets in [0, 1] -> [...] log-likelihood in nats, in float32 at least (under
+    bf16 autocast too, as autocast does for the library's cross-entropy)."""
+    if logits.dtype in (torch.float16, torch.bfloat16):
+        logits = logits.float()
+    return BernoulliLogProb.apply(logits, x.to(logits.dtype))
 
 
 class LatentModel(nn.Module):
@@ -86,8 +120,7 @@ class MLPVAE(LatentModel):
         out = self.decoder(z)                      # [S, B, input_dim]
         x = batch["x"].unsqueeze(0).expand_as(out)
         if self.likelihood == "bernoulli":
-            # Grey levels in [0,1] are accepted as soft targets, as pytorch/examples does.
-            return -F.binary_cross_entropy_with_logits(out, x, reduction="none").sum(-1)
+            return bernoulli_log_prob(out, x)
         log_std = self.log_std.clamp(min=-7.0)
         return (-0.5 * ((x - out) / log_std.exp()) ** 2 - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
 

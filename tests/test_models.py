@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch.nn import functional as F
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 from seqvae_cli.config import register_resolvers
-from seqvae_cli.models import MLPAutoencoder, MLPVAE
+from seqvae_cli.models import MLPAutoencoder, MLPVAE, bernoulli_log_prob
 
 from conftest import CONF_DIR
 
@@ -67,3 +68,43 @@ def test_config_architecture_is_built():
     assert [(m.in_features, m.out_features) for m in dec] == [(3, 16), (16, 32), (32, 784)]
     assert any(isinstance(m, torch.nn.Tanh) for m in model.modules())
     assert not isinstance(list(model.decoder)[-1], torch.nn.Tanh)   # logits: no activation at the end
+
+
+def test_bernoulli_log_prob_matches_the_library_cross_entropy_in_value_and_gradient():
+    """The hand-written Bernoulli likelihood replaces -F.binary_cross_entropy_with_logits(...).sum(-1) for
+    speed; in float64 the two must agree to rounding, for binary and grey-level targets, with x broadcast
+    over importance samples as the model does, and for gradients with respect to both arguments."""
+    torch.manual_seed(0)
+    logits = (torch.randn(4, 6, 784, dtype=torch.float64) * 6).requires_grad_()
+    for x in (torch.bernoulli(torch.full((6, 784), 0.3, dtype=torch.float64)),
+              torch.rand(6, 784, dtype=torch.float64)):
+        x = x.requires_grad_()
+        ours = bernoulli_log_prob(logits, x.expand_as(logits))
+        ref = -F.binary_cross_entropy_with_logits(logits, x.expand_as(logits), reduction="none").sum(-1)
+        assert ours.shape == (4, 6)
+        torch.testing.assert_close(ours, ref, rtol=0, atol=1e-9)
+        weights = torch.randn(4, 6, dtype=torch.float64)
+        g_ours = torch.autograd.grad((ours * weights).sum(), (logits, x))
+        g_ref = torch.autograd.grad((ref * weights).sum(), (logits, x))
+        for a, b in zip(g_ours, g_ref):
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-9)
+    small = torch.randn(3, 7, dtype=torch.float64, requires_grad=True)
+    target = torch.rand(3, 7, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(bernoulli_log_prob, (small, target))
+
+
+def test_bernoulli_log_prob_is_float32_under_bf16_autocast_and_close_to_the_float64_value():
+    torch.manual_seed(1)
+    logits = torch.randn(50, 784) * 4
+    x = torch.bernoulli(torch.full((50, 784), 0.2))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = bernoulli_log_prob(logits.bfloat16(), x)
+    assert out.dtype == torch.float32
+    exact = bernoulli_log_prob(logits.bfloat16().double(), x.double())
+    torch.testing.assert_close(out.double(), exact, rtol=0, atol=1e-3)   # float32 sums of 784 terms
+    # Logits far from zero, where exp(-|l|) < 6e-8 makes log(1 + e) round to 0: right pixels cost ~0 nats,
+    # wrong ones |l| nats, nothing overflows.
+    big = torch.tensor([30.0, -30.0])
+    assert abs(bernoulli_log_prob(big, torch.tensor([1.0, 0.0])).item()) < 1e-6
+    assert bernoulli_log_prob(big, torch.tensor([0.0, 1.0])).item() == pytest.approx(-60.0, abs=1e-5)
+    assert bernoulli_log_prob(torch.tensor([1e4, -1e4]), torch.tensor([0.0, 1.0])).item() == pytest.approx(-2e4)
