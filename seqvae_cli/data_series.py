@@ -322,7 +322,7 @@ class SeriesData(DataModule):
         return self.splits[split]["x"].shape[0]
 
     def _gather(self, split: str, idx: torch.Tensor) -> Batch:
-        return {k: v[idx] for k, v in self.splits[split].items()}
+        return {k: v.index_select(0, idx) for k, v in self.splits[split].items()}
 
     def train_batches(self, shuffle_gen: torch.Generator, data_gen: torch.Generator | None = None,
                       limit: int | float | None = None) -> Iterator[Batch]:

@@ -13,9 +13,9 @@ from seqvae_cli.evaluate import active_units, evaluate, iw_log_likelihood, mutua
 from seqvae_cli.models import LatentModel, MLPAutoencoder, MLPVAE
 from seqvae_cli.objective import (KLSchedule, Objective, gaussian_kl, gaussian_log_density, sample_posterior,
                                   standard_normal_log_density)
-from seqvae_cli.trainer import lr_factor
+from seqvae_cli.trainer import Trainer, lr_factor
 
-from conftest import CONF_DIR
+from conftest import CONF_DIR, compose_train_config
 
 
 def group_cfg(group: str, option: str, **changes):
@@ -290,6 +290,26 @@ def test_lr_factor_step_and_exponential():
     assert [lr_factor(cfg, s, 1000, 10) for s in (0, 29, 30, 59, 60)] == [1.0, 1.0, 0.5, 0.5, 0.25]
     exp = optim_cfg(lr_schedule="exponential", lr_gamma=0.9)
     assert lr_factor(exp, 25, 1000, 10) == pytest.approx(0.81)
+
+
+def test_training_sets_the_scheduled_lr_before_every_optimiser_step(tmp_path, mnist_data_dir):
+    """The trainer reads the schedule's settings once, as plain values: each step must still use
+    optim.lr * lr_factor(optim, step), with warm-up and cosine decay, across an epoch boundary."""
+    overrides = ["debug=smoke", "trainer.progress_bar=false", "trainer.log_visuals=false", "trainer.test=false",
+                 "device=cpu", "optim.lr=2e-3", "optim.lr_schedule=cosine", "optim.lr_min=1e-4",
+                 "optim.warmup_steps=3", "trainer.limit_train_batches=4"]
+    cfg = compose_train_config(*overrides)
+    trainer = Trainer(cfg, tmp_path, [])
+    used = []
+    real_step = trainer.optimizer.step
+    trainer.optimizer.step = lambda: (used.append(trainer.optimizer.param_groups[0]["lr"]), real_step())
+    for _ in range(2):
+        trainer.train_epoch()
+        trainer.epoch += 1
+    expected = [2e-3 * lr_factor(cfg.optim, s, 8, 4) for s in range(8)]
+    assert used == pytest.approx(expected, rel=1e-12)
+    assert used[0] == pytest.approx(2e-3 / 3)                                # warm-up: a third of the lr
+    assert used[1] > used[0] and used[2:] == sorted(used[2:], reverse=True)  # then the cosine decay
 
 
 # ------------------------------------------------------------------- active units, mutual information
