@@ -8,7 +8,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 from seqvae_cli.config import register_resolvers
-from seqvae_cli.models import MLPAutoencoder, MLPVAE, bernoulli_log_prob
+from seqvae_cli.models import ELU, MLPAutoencoder, MLPVAE, bernoulli_log_prob
 
 from conftest import CONF_DIR
 
@@ -108,3 +108,32 @@ def test_bernoulli_log_prob_is_float32_under_bf16_autocast_and_close_to_the_floa
     assert abs(bernoulli_log_prob(big, torch.tensor([1.0, 0.0])).item()) < 1e-6
     assert bernoulli_log_prob(big, torch.tensor([0.0, 1.0])).item() == pytest.approx(-60.0, abs=1e-5)
     assert bernoulli_log_prob(torch.tensor([1e4, -1e4]), torch.tensor([0.0, 1.0])).item() == pytest.approx(-2e4)
+
+
+def test_elu_matches_the_library_elu_in_value_and_gradient():
+    """models.ELU replaces nn.ELU for speed on the CPU: in float64 it agrees with F.elu to rounding in value
+    and gradient; in float32 within float32 rounding of 1; special values pass through as F.elu's do."""
+    torch.manual_seed(2)
+    x = (torch.randn(64, 300, dtype=torch.float64) * 5).requires_grad_()
+    ours, ref = ELU()(x), F.elu(x)
+    torch.testing.assert_close(ours, ref, rtol=0, atol=1e-15)
+    weights = torch.randn_like(ref)
+    torch.testing.assert_close(torch.autograd.grad((ours * weights).sum(), x)[0],
+                               torch.autograd.grad((ref * weights).sum(), x)[0], rtol=0, atol=1e-15)
+    assert torch.autograd.gradcheck(ELU(), (torch.randn(4, 5, dtype=torch.float64, requires_grad=True),))
+    x32 = torch.linspace(-20, 20, 100_001)
+    torch.testing.assert_close(ELU()(x32).double(), F.elu(x32.double()), rtol=0, atol=1e-7)
+    positive = x32[x32 > 0]
+    assert torch.equal(ELU()(positive), positive)                         # exact where x > 0
+    special = torch.tensor([float("inf"), float("-inf"), float("nan"), 0.0, -0.0])
+    torch.testing.assert_close(ELU()(special), F.elu(special), equal_nan=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        h = torch.nn.Linear(8, 8)(torch.randn(3, 8))
+        assert ELU()(h).dtype == F.elu(h).dtype == torch.bfloat16
+
+
+def test_elu_models_use_the_fast_elu():
+    model = model_from_config("mlp_vae", "model.hidden_sizes=[16]", "model.latent_dim=2", "model.activation=elu")
+    assert any(isinstance(m, ELU) for m in model.encoder.modules())
+    assert any(isinstance(m, ELU) for m in model.decoder.modules())
+    assert not any(isinstance(m, torch.nn.ELU) for m in model.modules())
