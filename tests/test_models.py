@@ -91,16 +91,30 @@ def test_bernoulli_log_prob_matches_the_library_cross_entropy_in_value_and_gradi
     small = torch.randn(3, 7, dtype=torch.float64, requires_grad=True)
     target = torch.rand(3, 7, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(bernoulli_log_prob, (small, target))
+    # Broadcasting either way: one image against k samples' logits, and k targets against one set of logits.
+    one = (torch.randn(6, 784, dtype=torch.float64) * 3).requires_grad_()
+    many = torch.rand(4, 6, 784, dtype=torch.float64)
+    for lg, tg in ((logits, many[0]), (one, many)):
+        shape = torch.broadcast_shapes(lg.shape, tg.shape)
+        ours = bernoulli_log_prob(lg, tg)
+        ref = -F.binary_cross_entropy_with_logits(lg.expand(shape), tg.expand(shape), reduction="none").sum(-1)
+        torch.testing.assert_close(ours, ref, rtol=0, atol=1e-9)
+        torch.testing.assert_close(torch.autograd.grad(ours.sum(), lg)[0], torch.autograd.grad(ref.sum(), lg)[0],
+                                   rtol=0, atol=1e-9)
 
 
 def test_bernoulli_log_prob_is_float32_under_bf16_autocast_and_close_to_the_float64_value():
     torch.manual_seed(1)
-    logits = torch.randn(50, 784) * 4
+    decoder = torch.nn.Linear(20, 784)
+    with torch.no_grad():
+        decoder.weight.mul_(20.0)                                         # logits of a few units, as trained
+    z = torch.randn(50, 20)
     x = torch.bernoulli(torch.full((50, 784), 0.2))
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = bernoulli_log_prob(logits.bfloat16(), x)
-    assert out.dtype == torch.float32
-    exact = bernoulli_log_prob(logits.bfloat16().double(), x.double())
+        logits = decoder(z)                                               # bfloat16, as in bf16-mixed training
+        out = bernoulli_log_prob(logits, x)
+    assert logits.dtype == torch.bfloat16 and out.dtype == torch.float32
+    exact = -F.binary_cross_entropy_with_logits(logits.double(), x.double(), reduction="none").sum(-1)
     torch.testing.assert_close(out.double(), exact, rtol=0, atol=1e-3)   # float32 sums of 784 terms
     # Logits far from zero, where exp(-|l|) < 6e-8 makes log(1 + e) round to 0: right pixels cost ~0 nats,
     # wrong ones |l| nats, nothing overflows.
@@ -127,6 +141,11 @@ def test_elu_matches_the_library_elu_in_value_and_gradient():
     assert torch.equal(ELU()(positive), positive)                         # exact where x > 0
     special = torch.tensor([float("inf"), float("-inf"), float("nan"), 0.0, -0.0])
     torch.testing.assert_close(ELU()(special), F.elu(special), equal_nan=True)
+    # bfloat16 (bf16-mixed training): the exp runs in float32 and rounds once, so small negative inputs keep
+    # their value instead of rounding to 0 (exp(-0.001) is 1 in bfloat16); the result is F.elu's, bit for bit.
+    h16 = torch.cat([torch.linspace(-0.01, 0.01, 2001), torch.randn(100_000) * 4]).bfloat16()
+    assert torch.equal(ELU()(h16), F.elu(h16))
+    assert ELU()(torch.tensor([-0.001]).bfloat16()).item() == pytest.approx(-0.001, rel=1e-2)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         h = torch.nn.Linear(8, 8)(torch.randn(3, 8))
         assert ELU()(h).dtype == F.elu(h).dtype == torch.bfloat16

@@ -301,8 +301,7 @@ def test_training_sets_the_scheduled_lr_before_every_optimiser_step(tmp_path, mn
     cfg = compose_train_config(*overrides)
     trainer = Trainer(cfg, tmp_path, [])
     used = []
-    real_step = trainer.optimizer.step
-    trainer.optimizer.step = lambda: (used.append(trainer.optimizer.param_groups[0]["lr"]), real_step())
+    trainer.optimizer.register_step_pre_hook(lambda opt, args, kwargs: used.append(opt.param_groups[0]["lr"]))
     for _ in range(2):
         trainer.train_epoch()
         trainer.epoch += 1
