@@ -62,9 +62,9 @@ class BernoulliLogProb(torch.autograd.Function):
     """log p(x | logits) of independent Bernoulli pixels, summed over the last dim: x*l - softplus(l).
 
     Same value and gradient as -F.binary_cross_entropy_with_logits(l, x).sum(-1), but ~2-3x faster on the
-    CPU (benchmarks/mnist_kernels.py). The library's kernel computes log(sigmoid) with log1p, which runs ~3x slower than exp + log
-    here, and autograd through a written-out formula keeps many intermediates. This term is a large
-    share of each MNIST step: k times over for IWAE training and the IW-NLL. softplus(l) is computed
+    CPU (benchmarks/mnist_kernels.py). The library's kernel computes log(sigmoid) with log1p, which runs ~3x
+    slower than exp + log here, and autograd through a written-out formula keeps many intermediates. This term
+    is a large share of each MNIST step: k times over for IWAE training and the IW-NLL. softplus(l) is computed
     as max(l, 0) + log(1 + exp(-|l|)) in place on one buffer; log(1 + e) instead of log1p(e) only
     drops e where e < 6e-8, far below float32 noise in a sum over 784 pixels. The gradient is the
     textbook x - sigmoid(l). x may hold grey levels in [0, 1] (soft targets, as pytorch/examples).
