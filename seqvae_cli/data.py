@@ -183,7 +183,7 @@ class MNISTData(DataModule):
         order = torch.randperm(x.shape[0], generator=shuffle_gen).to(x.device)
         for i in range(self.num_train_batches(limit)):
             idx = order[i * self.batch_size:(i + 1) * self.batch_size]
-            xb = x.index_select(0, idx)  # ~4x faster than x[idx] on the CPU, same rows
+            xb = x.index_select(0, idx)  # same rows as x[idx], with less indexing overhead on the CPU
             if self.binarize == "dynamic":
                 xb = torch.bernoulli(xb, generator=data_gen)
             yield {"x": xb, "y": y.index_select(0, idx)}

@@ -132,8 +132,8 @@ class Trainer:
         # The schedule is called every step: read its settings from plain Python values, as each DictConfig
         # lookup costs ~10 us (50 us a step, ~1% of an MNIST step) and the config does not change during a run.
         lr_settings = SimpleNamespace(**OmegaConf.to_container(cfg.optim, resolve=True))
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: lr_factor(lr_settings, s, self.total_steps, self.steps_per_epoch))
+        self.lr_factor = lambda s: lr_factor(lr_settings, s, self.total_steps, self.steps_per_epoch)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.lr_factor)
         self.objective = Objective(cfg.objective, self.total_steps, self.steps_per_epoch)
         if self.objective.pretrain_steps >= self.total_steps:
             raise SeqvaeError(f"config error: objective.ae_pretrain_epochs={cfg.objective.ae_pretrain_epochs} "
@@ -176,8 +176,7 @@ class Trainer:
         self.scheduler.base_lrs = [self.cfg.optim.lr for _ in self.optimizer.param_groups]
         for group in self.optimizer.param_groups:
             group["initial_lr"] = self.cfg.optim.lr
-            group["lr"] = self.cfg.optim.lr * lr_factor(self.cfg.optim, state["step"], self.total_steps,
-                                                        self.steps_per_epoch)
+            group["lr"] = self.cfg.optim.lr * self.lr_factor(state["step"])
         self.step, self.epoch = state["step"], state["epoch"]
         best = state["best"]
         self.best_value, self.best_epoch, self.best_val = best["value"], best["epoch"], best["val"]
