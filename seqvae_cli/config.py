@@ -135,6 +135,10 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "trainer.resume": resume_rule(),
     "trainer.test_iw_samples": number(0, integer=True),
     "trainer.val_iw_samples": number(0, integer=True),
+    "trainer.weight_average.kind": one_of("none", "ema", "uniform"),
+    "trainer.weight_average.ema_decay": (lambda v: isinstance(v, numbers.Real) and not isinstance(v, bool)
+                                         and 0 <= v < 1, "a number >= 0 and < 1, e.g. 0.999"),
+    "trainer.weight_average.start_epoch": number(0, integer=True),
     "split": one_of("train", "val", "test"),
     "checkpoint": (lambda v: v in ("best", "last") or (isinstance(v, str) and v.endswith(".pt")),
                    "best, last or a path to a .pt file"),
@@ -252,6 +256,12 @@ def validate(cfg: DictConfig, rules: dict = RULES) -> None:
     if epochs is not None and pretrain >= epochs:
         raise SeqvaeError(f"config error: objective.ae_pretrain_epochs={pretrain} leaves no VAE epoch within "
                           f"trainer.max_epochs={epochs}; lower the first or raise the second")
+    average = OmegaConf.select(cfg, "trainer.weight_average", default=None)
+    if average is not None and average.kind != "none" and epochs is not None and \
+            average.start_epoch >= epochs:
+        raise SeqvaeError(f"config error: trainer.weight_average.start_epoch={average.start_epoch} is not below "
+                          f"trainer.max_epochs={epochs}, so no weights would ever be averaged; lower "
+                          f"start_epoch or set trainer.weight_average.kind=none")
 
 
 def pick_device(kind: str) -> torch.device:

@@ -6,6 +6,7 @@ run exactly on CPU.
 """
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -112,6 +113,46 @@ def find_resume_state(cfg: DictConfig, run_dir: Path) -> tuple[dict | None, Path
     return load_checkpoint(path), path
 
 
+class WeightAverage:
+    """An average of the training weights over optimiser steps, kept in a copy of the model.
+
+    kind=ema keeps `decay` of the average at each step; kind=uniform is the plain mean of the weights after every
+    step since `start_step` (Polyak averaging, as AWD-LSTM's NT-ASGD). Validation, best.pt, the test pass and the
+    samples use the average; training never sees it, so a run with averaging trains exactly as one without."""
+
+    def __init__(self, model: LatentModel, kind: str, decay: float, start_step: int) -> None:
+        self.kind, self.decay, self.start_step = kind, decay, start_step
+        self.count = 0          # steps averaged so far; 0 = no average yet (the training weights stand in)
+        self.model = copy.deepcopy(model).requires_grad_(False)
+
+    def tensors(self, model: LatentModel) -> list[torch.Tensor]:
+        # parameters() lists a tied embedding once and in module order, so both models' lists pair up.
+        return [*model.parameters(), *model.buffers()]
+
+    @torch.no_grad()
+    def update(self, model: LatentModel, step: int) -> None:
+        """Fold in the weights after optimiser step `step` (0-based)."""
+        if step < self.start_step:
+            return
+        mine, theirs = self.tensors(self.model), self.tensors(model)
+        if self.count == 0:
+            torch._foreach_copy_(mine, theirs)
+        else:
+            weight = 1.0 / (self.count + 1) if self.kind == "uniform" else 1.0 - self.decay
+            floats = [i for i, t in enumerate(mine) if t.is_floating_point()]
+            torch._foreach_lerp_([mine[i] for i in floats], [theirs[i] for i in floats], weight)
+            for i in set(range(len(mine))) - set(floats):   # integer buffers (counters) are copied, not averaged
+                mine[i].copy_(theirs[i])
+        self.count += 1
+
+    def restart(self) -> None:
+        """Forget the average (Li et al. 2019's decoder reset makes the old weights meaningless)."""
+        self.count = 0
+
+    def eval_model(self, model: LatentModel) -> LatentModel:
+        return self.model if self.count else model
+
+
 class Trainer:
     def __init__(self, cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) -> None:
         self.run_dir = run_dir
@@ -140,6 +181,12 @@ class Trainer:
                               f"({self.objective.pretrain_steps} steps) leaves no VAE step within the "
                               f"{self.total_steps} steps trainer.max_epochs/max_steps allow; lower the first or "
                               f"raise the others")
+        # Runs from before the setting have no trainer.weight_average: they trained without one.
+        averaging = OmegaConf.select(cfg, "trainer.weight_average", default=None)
+        self.average = None
+        if averaging is not None and averaging.kind != "none":
+            self.average = WeightAverage(self.model, averaging.kind, averaging.ema_decay,
+                                         averaging.start_epoch * self.steps_per_epoch)
         self.shuffle_gen = torch.Generator().manual_seed(tc.seed + 1)
         self.data_gen = torch.Generator(device=self.device).manual_seed(tc.seed + 2)
         self.step, self.epoch = 0, 0
@@ -151,12 +198,22 @@ class Trainer:
             self.restore(state, path)
         self.writer = SummaryWriter(str(run_dir / "tb"), purge_step=self.step if state is not None else None)
 
+    def eval_model(self) -> LatentModel:
+        """The weights validation, best.pt, the test pass and the samples use: the average when there is one."""
+        return self.average.eval_model(self.model) if self.average else self.model
+
     # ---------------------------------------------------------------------------- checkpoint state
     def state(self) -> dict:
+        # "model" is always what eval/sample should score (the average, with averaging on); the training weights
+        # and the average's step count ride beside it for resuming.
+        extra = {}
+        if self.average is not None:
+            extra = {"training_model": self.model.state_dict(), "weight_average": {"count": self.average.count}}
         return {
             "format": FORMAT,
             "config": OmegaConf.to_container(self.cfg, resolve=True),
-            "model": self.model.state_dict(),
+            "model": self.eval_model().state_dict(),
+            **extra,
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "step": self.step, "epoch": self.epoch,
@@ -168,7 +225,13 @@ class Trainer:
         }
 
     def restore(self, state: dict, path: Path) -> None:
-        load_model_state(self.model, state, path)
+        if "training_model" in state:
+            load_model_state(self.model, {"model": state["training_model"]}, path)
+            if self.average is not None and state["weight_average"]["count"] > 0:
+                load_model_state(self.average.model, state, path)
+                self.average.count = state["weight_average"]["count"]
+        else:
+            load_model_state(self.model, state, path)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         # The loaded states carry the old lr and the lr of the old schedule length; resumed with a new optim.lr or
@@ -226,6 +289,8 @@ class Trainer:
             if self.step == self.objective.pretrain_steps and self.step > 0:
                 self.model.reset_decoder()
                 self.optimizer.state.clear()  # Adam's moments belonged to the old decoder
+                if self.average is not None:
+                    self.average.restart()
                 log.info("autoencoder pre-training done after epoch %d: decoder re-initialised", self.epoch)
             if self.epoch % tc.val_every == 0 or self.epoch >= tc.max_epochs or self.step >= self.total_steps:
                 self.validate()
@@ -244,7 +309,7 @@ class Trainer:
         (self.run_dir / "metrics.json").write_text(json.dumps(result, indent=2))
         self.log_hparams(result)
         if tc.log_visuals:
-            visuals.end_of_training(self.model, self.dm, self.run_dir / "samples", self.writer, self.step)
+            visuals.end_of_training(self.eval_model(), self.dm, self.run_dir / "samples", self.writer, self.step)
         self.writer.close()
         return result
 
@@ -273,6 +338,8 @@ class Trainer:
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), grad_clip)
             self.optimizer.step()
             self.scheduler.step()
+            if self.average is not None:
+                self.average.update(self.model, self.step)
             b = batch["x"].shape[0]
             sums["loss"] += loss * b  # weighted by batch size: the epoch mean is per example
             sums["neg_elbo"] += terms.neg_elbo.item() * b
@@ -312,7 +379,7 @@ class Trainer:
 
     def validation_metrics(self) -> dict:
         tc = self.cfg.trainer
-        metrics = evaluate(self.model, self.dm, "val", iw_samples=tc.get("val_iw_samples", 0),
+        metrics = evaluate(self.eval_model(), self.dm, "val", iw_samples=tc.get("val_iw_samples", 0),
                            limit=tc.limit_val_batches, with_mutual_info=False)
         weight = self.objective.kl_weight(max(self.step - 1, 0))
         metrics["loss"] = metrics["rec"] + weight * metrics.get("kl", 0.0)
@@ -352,7 +419,7 @@ class Trainer:
         if "_kl_per_dim" in metrics:
             w.add_histogram("val/kl_per_dim", metrics["_kl_per_dim"], s)
         if tc.log_visuals:
-            visuals.during_training(self.model, self.dm, w, s)
+            visuals.during_training(self.eval_model(), self.dm, w, s)
         value = self.optimized_value(metrics)
         summary = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
                             for k, v in public(metrics).items() if k not in ("split",))
@@ -385,6 +452,7 @@ class Trainer:
             flat = _flatten(OmegaConf.to_container(self.cfg[group], resolve=True), group)
             hp.update({k: v for k, v in flat.items() if not k.endswith(("_target_", "data_dir"))})
         hp["trainer.seed"] = self.cfg.trainer.seed
+        hp["trainer.weight_average.kind"] = OmegaConf.select(self.cfg, "trainer.weight_average.kind", default="none")
         metric_dict = {f"hparam/best_{self.optimized_metric.replace('/', '_')}": result["optimized_value"]}
         for key in ("neg_elbo", "iw_nll", "rec", "kl", "active_units", "mutual_info", "nll", "ppl"):
             if key in result.get("test", {}):

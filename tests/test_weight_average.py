@@ -1,0 +1,104 @@
+"""Layer 3 and 7: trainer.weight_average (EMA and uniform Polyak averaging of the training weights).
+
+The average must be what it says (checked against weights recorded after every optimiser step), must leave
+training untouched, must be what validation, best.pt and eval score, and must survive kill-and-resume exactly."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from seqvae_cli.checkpoint import load_checkpoint
+from seqvae_cli.errors import SeqvaeError
+from seqvae_cli.evaluate import evaluate
+from seqvae_cli.trainer import Trainer
+
+from conftest import SMOKE_ARGS, compose_train_config, describe, run_seqvae
+from test_resume import kill_then_resume
+
+BASE = ["debug=smoke", "trainer.progress_bar=false", "trainer.log_visuals=false", "trainer.test=false",
+        "device=cpu", "trainer.limit_train_batches=4"]
+
+
+def trained(tmp_path, *overrides, epochs=2):
+    """A Trainer after `epochs` epochs, and the training weights recorded after each optimiser step."""
+    trainer = Trainer(compose_train_config(*BASE, *overrides), tmp_path, [])
+    after_step = []
+    trainer.optimizer.register_step_post_hook(
+        lambda opt, args, kwargs: after_step.append([p.detach().clone() for p in trainer.model.parameters()]))
+    for _ in range(epochs):
+        trainer.train_epoch()
+        trainer.epoch += 1
+    return trainer, after_step
+
+
+def test_uniform_average_is_the_mean_of_the_weights_after_each_step_from_start_epoch(tmp_path, mnist_data_dir):
+    trainer, after_step = trained(tmp_path, "trainer.weight_average.kind=uniform",
+                                  "trainer.weight_average.start_epoch=1")
+    assert len(after_step) == 8 and trainer.average.count == 4       # epoch 1 (steps 0-3) is not averaged
+    for avg, *steps in zip(trainer.average.model.parameters(), *after_step[4:]):
+        assert torch.allclose(avg, torch.stack(steps).mean(0), atol=1e-6)
+    assert trainer.eval_model() is trainer.average.model
+
+
+def test_ema_follows_its_recursion_and_training_is_unchanged(tmp_path, mnist_data_dir):
+    decay = 0.7
+    trainer, after_step = trained(tmp_path / "ema", "trainer.weight_average.kind=ema",
+                                  f"trainer.weight_average.ema_decay={decay}")
+    expected = [w.clone() for w in after_step[0]]
+    for weights in after_step[1:]:
+        expected = [decay * e + (1 - decay) * w for e, w in zip(expected, weights)]
+    for avg, exp in zip(trainer.average.model.parameters(), expected):
+        assert torch.allclose(avg, exp, atol=1e-6)
+    plain, _ = trained(tmp_path / "plain")
+    assert plain.average is None and plain.eval_model() is plain.model
+    for a, b in zip(trainer.model.parameters(), plain.model.parameters()):
+        assert torch.equal(a, b)                  # the average never feeds back into training
+    assert not all(torch.equal(a, b) for a, b in zip(trainer.average.model.parameters(), plain.model.parameters()))
+
+
+def test_validation_and_checkpoints_use_the_average(tmp_path, mnist_data_dir):
+    trainer, _ = trained(tmp_path, "trainer.weight_average.kind=ema", "trainer.weight_average.ema_decay=0.5",
+                         epochs=1)
+    torch.manual_seed(0)                # validation draws z: the same draws for all three scores
+    metrics = trainer.validate()
+    torch.manual_seed(0)
+    of_average = evaluate(trainer.average.model, trainer.dm, "val", limit=trainer.cfg.trainer.limit_val_batches,
+                          with_mutual_info=False)
+    torch.manual_seed(0)
+    of_training = evaluate(trainer.model, trainer.dm, "val", limit=trainer.cfg.trainer.limit_val_batches,
+                           with_mutual_info=False)
+    assert metrics["rec"] == of_average["rec"]
+    assert of_average["rec"] != pytest.approx(of_training["rec"], abs=1e-3)
+    best = load_checkpoint(tmp_path / "checkpoints" / "best.pt")
+    for key, value in trainer.average.model.state_dict().items():
+        assert torch.equal(best["model"][key], value)                 # what eval and sample load
+        assert torch.equal(best["training_model"][key], trainer.model.state_dict()[key])
+    assert best["weight_average"] == {"count": 4}
+
+
+def test_a_start_epoch_past_the_run_is_a_config_error(tmp_path):
+    from seqvae_cli.config import validate
+    with pytest.raises(SeqvaeError, match="start_epoch=2 is not below trainer.max_epochs=2"):
+        validate(compose_train_config(*BASE, "trainer.weight_average.kind=uniform",
+                                      "trainer.weight_average.start_epoch=2"))
+
+
+AVERAGE_ARGS = [*SMOKE_ARGS, "trainer.max_epochs=3", "trainer.limit_train_batches=20",
+                "trainer.weight_average.kind=ema", "trainer.weight_average.ema_decay=0.9"]
+
+
+def test_a_killed_run_with_an_average_resumes_exactly(mnist_data_dir, tmp_path):
+    full = tmp_path / "full"
+    proc = run_seqvae(["train", *AVERAGE_ARGS, f"run_dir={full}"], cwd=tmp_path)
+    assert proc.returncode == 0, describe(proc)
+    killed, before, _ = kill_then_resume(tmp_path, AVERAGE_ARGS)
+    assert before["weight_average"]["count"] > 0        # the kill left a non-empty average behind
+    a = json.loads((full / "metrics.json").read_text())
+    b = json.loads((killed / "metrics.json").read_text())
+    assert a["val"] == b["val"] and a["test"] == b["test"] and a["best_epoch"] == b["best_epoch"]
+    wa, wb = (load_checkpoint(run / "checkpoints" / "last.pt") for run in (full, killed))
+    for part in ("model", "training_model"):
+        for key in wa[part]:
+            assert torch.equal(wa[part][key], wb[part][key]), f"{part}: {key}"
