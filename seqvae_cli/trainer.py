@@ -138,12 +138,17 @@ class WeightAverage:
         if self.count == 0:
             torch._foreach_copy_(mine, theirs)
         else:
-            weight = 1.0 / (self.count + 1) if self.kind == "uniform" else 1.0 - self.decay
+            weight = 1.0 / (self.count + 1) if self.kind == "uniform" else 1.0 - self.ema_decay()
             floats = [i for i, t in enumerate(mine) if t.is_floating_point()]
             torch._foreach_lerp_([mine[i] for i in floats], [theirs[i] for i in floats], weight)
             for i in set(range(len(mine))) - set(floats):   # integer buffers (counters) are copied, not averaged
                 mine[i].copy_(theirs[i])
         self.count += 1
+
+    def ema_decay(self) -> float:
+        """The configured decay, warmed up as TensorFlow's ExponentialMovingAverage does with num_updates: without
+        it the initial weights keep decay**n of the average (52% of it after PTB's first 1,315 steps at 0.9995)."""
+        return min(self.decay, (1 + self.count) / (10 + self.count))
 
     def restart(self) -> None:
         """Forget the average (Li et al. 2019's decoder reset makes the old weights meaningless)."""

@@ -43,12 +43,13 @@ def test_uniform_average_is_the_mean_of_the_weights_after_each_step_from_start_e
 
 
 def test_ema_follows_its_recursion_and_training_is_unchanged(tmp_path, mnist_data_dir):
-    decay = 0.7
+    decay = 0.4             # below the warm-up's (1+n)/(10+n) after 5 steps: both regimes are checked
     trainer, after_step = trained(tmp_path / "ema", "trainer.weight_average.kind=ema",
                                   f"trainer.weight_average.ema_decay={decay}")
     expected = [w.clone() for w in after_step[0]]
-    for weights in after_step[1:]:
-        expected = [decay * e + (1 - decay) * w for e, w in zip(expected, weights)]
+    for n, weights in enumerate(after_step[1:], start=1):
+        d = min(decay, (1 + n) / (10 + n))              # the warm-up: 2/11, 3/12, ... until it reaches decay
+        expected = [d * e + (1 - d) * w for e, w in zip(expected, weights)]
     for avg, exp in zip(trainer.average.model.parameters(), expected):
         assert torch.allclose(avg, exp, atol=1e-6)
     plain, _ = trained(tmp_path / "plain")
