@@ -34,11 +34,12 @@ log = logging.getLogger("seqvae")
 
 # A resumed run takes its config from the checkpoint, except: where and how this process runs, always from the
 # resuming command; and, when that command overrides them explicitly, how long to train, what to report at the
-# end (its defaults would silently cut mnist_nll's 400 epochs to trainer/default's 20), and the learning rate and
-# gradient clipping (the cure a NaN stop advises; the run then leaves its exact-replay path, by request).
+# end (its defaults would silently cut mnist_nll's 400 epochs to trainer/default's 20), the learning rate and
+# gradient clipping (the cure a NaN stop advises; the run then leaves its exact-replay path, by request), and the
+# weight average (it never feeds back into training, so a run may take one up, or drop it, midway).
 FROM_COMMAND_LINE = ("trainer.resume", "trainer.progress_bar", "device", "paths", "data.data_dir")
 CHANGEABLE_ON_RESUME = ("trainer.max_epochs", "trainer.max_steps", "trainer.test", "trainer.test_iw_samples",
-                        "trainer.log_visuals", "optim.lr", "optim.grad_clip")
+                        "trainer.log_visuals", "optim.lr", "optim.grad_clip", "trainer.weight_average")
 RESUMABLE_OVERRIDES = FROM_COMMAND_LINE + CHANGEABLE_ON_RESUME + ("run_dir", "hydra")
 
 
@@ -82,7 +83,8 @@ def merge_resumed_config(cfg: DictConfig, stored: DictConfig, overrides: list[st
                               f"command asks for {key}={as_plain(now)!r}; drop that override to continue the run, "
                               f"or start a new run without trainer.resume")
     merged = stored.copy()
-    for key in FROM_COMMAND_LINE + tuple(k for k in CHANGEABLE_ON_RESUME if k in explicit):
+    changed = tuple(k for k in CHANGEABLE_ON_RESUME if any(_is_under(e, (k,)) for e in explicit))
+    for key in FROM_COMMAND_LINE + changed:
         if OmegaConf.select(cfg, key) is not None:
             OmegaConf.update(merged, key, OmegaConf.select(cfg, key), force_add=True)
     then_lr, now_lr = OmegaConf.select(stored, "optim.lr"), OmegaConf.select(merged, "optim.lr")

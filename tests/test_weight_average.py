@@ -14,7 +14,7 @@ from seqvae_cli.errors import SeqvaeError
 from seqvae_cli.evaluate import evaluate
 from seqvae_cli.trainer import Trainer
 
-from conftest import SMOKE_ARGS, compose_train_config, describe, run_seqvae
+from conftest import SMOKE_ARGS, clone_run, compose_train_config, describe, run_seqvae
 from test_resume import kill_then_resume
 
 BASE = ["debug=smoke", "trainer.progress_bar=false", "trainer.log_visuals=false", "trainer.test=false",
@@ -103,3 +103,22 @@ def test_a_killed_run_with_an_average_resumes_exactly(mnist_data_dir, tmp_path):
     for part in ("model", "training_model"):
         for key in wa[part]:
             assert torch.equal(wa[part][key], wb[part][key]), f"{part}: {key}"
+
+
+def test_a_run_can_take_up_an_average_when_resumed(smoke_run, tmp_path):
+    """A run trained without an average, continued for one more epoch with one: the average covers that epoch,
+    and the training weights are those of the same continuation without it."""
+    runs = {}
+    for name, extra in (("plain", []), ("averaged", ["trainer.weight_average.kind=uniform"])):
+        run = clone_run(smoke_run.run_dir, tmp_path / name)
+        proc = run_seqvae(["train", *SMOKE_ARGS, f"run_dir={run}", "trainer.resume=true", "trainer.max_epochs=3",
+                           *extra], cwd=tmp_path)
+        assert proc.returncode == 0, describe(proc)
+        runs[name] = load_checkpoint(run / "checkpoints" / "last.pt")
+    plain, averaged = runs["plain"], runs["averaged"]
+    assert averaged["weight_average"] == {"count": 5}           # debug=smoke: 5 batches in epoch 3
+    assert averaged["config"]["trainer"]["weight_average"]["kind"] == "uniform"
+    assert "training_model" not in plain
+    for key, value in plain["model"].items():
+        assert torch.equal(averaged["training_model"][key], value)
+    assert any(not torch.equal(averaged["model"][k], v) for k, v in plain["model"].items())
