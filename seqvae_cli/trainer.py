@@ -138,7 +138,8 @@ class WeightAverage:
             return
         mine, theirs = self.tensors(self.model), self.tensors(model)
         if self.count == 0:
-            torch._foreach_copy_(mine, theirs)
+            for average, current in zip(mine, theirs):
+                average.copy_(current)
         else:
             weight = 1.0 / (self.count + 1) if self.kind == "uniform" else 1.0 - self.ema_decay()
             floats = [i for i, t in enumerate(mine) if t.is_floating_point()]
