@@ -12,7 +12,9 @@ import torch
 
 from conftest import SEQVAE, SMOKE_ARGS, assert_one_error_line, clone_run, describe, run_seqvae, seqvae_env
 
-RESUME_ARGS = [*SMOKE_ARGS, "trainer.max_epochs=3", "trainer.limit_train_batches=20"]
+# With a weight average on: the average must be restored exactly too (it is what best.pt and the test score).
+RESUME_ARGS = [*SMOKE_ARGS, "trainer.max_epochs=3", "trainer.limit_train_batches=20",
+               "trainer.weight_average.kind=ema", "trainer.weight_average.ema_decay=0.9"]
 
 
 def load_state(path):
@@ -85,13 +87,16 @@ def test_resumed_run_equals_the_uninterrupted_run(resume_pair):
 
 
 def test_resumed_weights_equal_the_uninterrupted_weights(resume_pair):
-    full, killed, _, _ = resume_pair
+    full, killed, before, _ = resume_pair
+    assert before["weight_average"]["count"] > 0          # the kill left a non-empty average behind
     for name in ("last.pt", "best.pt"):
         a, b = load_state(full / "checkpoints" / name), load_state(killed / "checkpoints" / name)
         assert a["step"] == b["step"] and a["epoch"] == b["epoch"]
-        assert a["model"].keys() == b["model"].keys()
-        for key in a["model"]:
-            assert torch.equal(a["model"][key], b["model"][key]), f"{name}: {key} differs"
+        assert a["weight_average"] == b["weight_average"]
+        for part in ("model", "training_model"):        # the average, and the weights training continues from
+            assert a[part].keys() == b[part].keys()
+            for key in a[part]:
+                assert torch.equal(a[part][key], b[part][key]), f"{name}: {part}.{key} differs"
 
 
 def test_resume_ignores_a_half_written_checkpoint(smoke_run, tmp_path):

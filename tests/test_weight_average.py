@@ -1,10 +1,10 @@
 """Layer 3 and 7: trainer.weight_average (EMA and uniform Polyak averaging of the training weights).
 
 The average must be what it says (checked against weights recorded after every optimiser step), must leave
-training untouched, must be what validation, best.pt and eval score, and must survive kill-and-resume exactly."""
+training untouched and must be what validation, best.pt and eval score. Kill-and-resume with an average is
+test_resume.py's main case."""
 from __future__ import annotations
 
-import json
 
 import pytest
 import torch
@@ -15,7 +15,6 @@ from seqvae_cli.evaluate import evaluate
 from seqvae_cli.trainer import Trainer
 
 from conftest import SMOKE_ARGS, clone_run, compose_train_config, describe, run_seqvae
-from test_resume import kill_then_resume
 
 BASE = ["debug=smoke", "trainer.progress_bar=false", "trainer.log_visuals=false", "trainer.test=false",
         "device=cpu", "trainer.limit_train_batches=4"]
@@ -84,25 +83,6 @@ def test_a_start_epoch_past_the_run_is_a_config_error(tmp_path):
     with pytest.raises(SeqvaeError, match="start_epoch=2 is not below trainer.max_epochs=2"):
         validate(compose_train_config(*BASE, "trainer.weight_average.kind=uniform",
                                       "trainer.weight_average.start_epoch=2"))
-
-
-AVERAGE_ARGS = [*SMOKE_ARGS, "trainer.max_epochs=3", "trainer.limit_train_batches=20",
-                "trainer.weight_average.kind=ema", "trainer.weight_average.ema_decay=0.9"]
-
-
-def test_a_killed_run_with_an_average_resumes_exactly(mnist_data_dir, tmp_path):
-    full = tmp_path / "full"
-    proc = run_seqvae(["train", *AVERAGE_ARGS, f"run_dir={full}"], cwd=tmp_path)
-    assert proc.returncode == 0, describe(proc)
-    killed, before, _ = kill_then_resume(tmp_path, AVERAGE_ARGS)
-    assert before["weight_average"]["count"] > 0        # the kill left a non-empty average behind
-    a = json.loads((full / "metrics.json").read_text())
-    b = json.loads((killed / "metrics.json").read_text())
-    assert a["val"] == b["val"] and a["test"] == b["test"] and a["best_epoch"] == b["best_epoch"]
-    wa, wb = (load_checkpoint(run / "checkpoints" / "last.pt") for run in (full, killed))
-    for part in ("model", "training_model"):
-        for key in wa[part]:
-            assert torch.equal(wa[part][key], wb[part][key]), f"{part}: {key}"
 
 
 def test_a_run_can_take_up_an_average_when_resumed(smoke_run, tmp_path):
