@@ -102,3 +102,21 @@ def test_a_run_can_take_up_an_average_when_resumed(smoke_run, tmp_path):
     for key, value in plain["model"].items():
         assert torch.equal(averaged["training_model"][key], value)
     assert any(not torch.equal(averaged["model"][k], v) for k, v in plain["model"].items())
+
+
+def test_a_checkpoint_from_before_the_setting_can_take_up_an_average():
+    """Checkpoints written before trainer.weight_average existed have no such key: resuming with one adds it."""
+    from pathlib import Path
+
+    from omegaconf import OmegaConf
+
+    from seqvae_cli.trainer import merge_resumed_config
+    overrides = ["trainer.weight_average.kind=ema", "trainer.weight_average.ema_decay=0.99"]
+    cfg = compose_train_config(*overrides)
+    stored = OmegaConf.create(OmegaConf.to_container(cfg))
+    del stored.trainer["weight_average"]
+    merged = merge_resumed_config(cfg, stored, overrides, Path("old.pt"))
+    assert OmegaConf.to_container(merged.trainer.weight_average) == {"kind": "ema", "ema_decay": 0.99,
+                                                                     "start_epoch": 0}
+    untouched = merge_resumed_config(compose_train_config(), stored, [], Path("old.pt"))
+    assert "weight_average" not in untouched.trainer          # without the override the run stays as it was
