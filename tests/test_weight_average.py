@@ -6,13 +6,17 @@ test_resume.py's main case."""
 from __future__ import annotations
 
 
+from pathlib import Path
+
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from seqvae_cli.checkpoint import load_checkpoint
+from seqvae_cli.config import validate
 from seqvae_cli.errors import SeqvaeError
 from seqvae_cli.evaluate import evaluate
-from seqvae_cli.trainer import Trainer
+from seqvae_cli.trainer import Trainer, merge_resumed_config
 
 from conftest import SMOKE_ARGS, clone_run, compose_train_config, describe, run_seqvae
 
@@ -79,7 +83,6 @@ def test_validation_and_checkpoints_use_the_average(tmp_path, mnist_data_dir):
 
 
 def test_a_start_epoch_past_the_run_is_a_config_error(tmp_path):
-    from seqvae_cli.config import validate
     with pytest.raises(SeqvaeError, match="start_epoch=2 is not below trainer.max_epochs=2"):
         validate(compose_train_config(*BASE, "trainer.weight_average.kind=uniform",
                                       "trainer.weight_average.start_epoch=2"))
@@ -106,11 +109,6 @@ def test_a_run_can_take_up_an_average_when_resumed(smoke_run, tmp_path):
 
 def test_a_checkpoint_from_before_the_setting_can_take_up_an_average():
     """Checkpoints written before trainer.weight_average existed have no such key: resuming with one adds it."""
-    from pathlib import Path
-
-    from omegaconf import OmegaConf
-
-    from seqvae_cli.trainer import merge_resumed_config
     overrides = ["trainer.weight_average.kind=ema", "trainer.weight_average.ema_decay=0.99"]
     cfg = compose_train_config(*overrides)
     stored = OmegaConf.create(OmegaConf.to_container(cfg))
