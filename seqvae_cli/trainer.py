@@ -126,26 +126,26 @@ class WeightAverage:
         self.kind, self.decay, self.start_step = kind, decay, start_step
         self.count = 0          # steps averaged so far; 0 = no average yet (the training weights stand in)
         self.model = copy.deepcopy(model).requires_grad_(False)
-
-    def tensors(self, model: LatentModel) -> list[torch.Tensor]:
+        # Paired once: loading checkpoints and the decoder reset change the tensors in place, never replace them.
         # parameters() lists a tied embedding once and in module order, so both models' lists pair up.
-        return [*model.parameters(), *model.buffers()]
+        pairs = list(zip([*self.model.parameters(), *self.model.buffers()], [*model.parameters(), *model.buffers()]))
+        self.averaged = [(mine, theirs) for mine, theirs in pairs if mine.is_floating_point()]
+        self.copied = [(mine, theirs) for mine, theirs in pairs if not mine.is_floating_point()]  # e.g. counters
+        self.mine, self.theirs = [m for m, _ in self.averaged], [t for _, t in self.averaged]
 
     @torch.no_grad()
-    def update(self, model: LatentModel, step: int) -> None:
-        """Fold in the weights after optimiser step `step` (0-based)."""
+    def update(self, step: int) -> None:
+        """Fold in the training weights after optimiser step `step` (0-based)."""
         if step < self.start_step:
             return
-        mine, theirs = self.tensors(self.model), self.tensors(model)
         if self.count == 0:
-            for average, current in zip(mine, theirs):
-                average.copy_(current)
+            for mine, theirs in self.averaged:
+                mine.copy_(theirs)
         else:
             weight = 1.0 / (self.count + 1) if self.kind == "uniform" else 1.0 - self.ema_decay()
-            floats = [i for i, t in enumerate(mine) if t.is_floating_point()]
-            torch._foreach_lerp_([mine[i] for i in floats], [theirs[i] for i in floats], weight)
-            for i in set(range(len(mine))) - set(floats):   # integer buffers (counters) are copied, not averaged
-                mine[i].copy_(theirs[i])
+            torch._foreach_lerp_(self.mine, self.theirs, weight)
+        for mine, theirs in self.copied:
+            mine.copy_(theirs)
         self.count += 1
 
     def ema_decay(self) -> float:
@@ -347,7 +347,7 @@ class Trainer:
             self.optimizer.step()
             self.scheduler.step()
             if self.average is not None:
-                self.average.update(self.model, self.step)
+                self.average.update(self.step)
             b = batch["x"].shape[0]
             sums["loss"] += loss * b  # weighted by batch size: the epoch mean is per example
             sums["neg_elbo"] += terms.neg_elbo.item() * b
