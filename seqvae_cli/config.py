@@ -175,6 +175,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "model.word_dropout": number(0, 1),
     "model.embed_dropout": number(0, 1),
     "model.output_dropout": number(0, 1),
+    "model.weight_drop": number(0, 1),
     # sample (text decoding)
     "temperature": number(0),
     "top_k": number(0, integer=True),

@@ -24,9 +24,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import nn
+from torch.func import functional_call
 from torch.nn import functional as F
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
@@ -88,7 +90,7 @@ class Positions:
         return values.new_zeros(self.batch_size).index_add_(0, self.rows, values)
 
 
-def run_rnn(rnn: nn.RNNBase, inputs: torch.Tensor, lengths: torch.Tensor, state, packed: bool):
+def run_rnn(rnn: nn.RNNBase | Callable, inputs: torch.Tensor, lengths: torch.Tensor, state, packed: bool):
     """Run a batch-first RNN over padded inputs; packed=True hides the padding from it (needed when the
     final state or a backward direction must stop/start at each sequence's own end). Returns the padded
     outputs [B, T, H*dirs] and the final state (exact only when packed)."""
@@ -203,9 +205,11 @@ class RNNDecoder(nn.Module):
     input step) or both. Without a latent (latent_dim 0) it is a plain RNN language model."""
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, rnn: str = "lstm",
-                 latent_dim: int = 0, z_conditioning: str = "init", packed: bool | None = None) -> None:
+                 latent_dim: int = 0, z_conditioning: str = "init", packed: bool | None = None,
+                 weight_drop: float = 0.0) -> None:
         super().__init__()
         self.rnn_type, self.num_layers, self.hidden_size = rnn, num_layers, hidden_size
+        self.weight_drop = float(weight_drop)
         self.latent_dim, self.z_conditioning, self.packed = latent_dim, z_conditioning, packed
         self.concat = latent_dim > 0 and z_conditioning in ("concat", "both")
         self.init = latent_dim > 0 and z_conditioning in ("init", "both")
@@ -226,6 +230,17 @@ class RNNDecoder(nn.Module):
         zeros = torch.zeros(self.num_layers, n, self.hidden_size, device=device)
         return tuple(zeros for _ in range(self.n_state))
 
+    def _recurrence(self) -> nn.RNNBase | Callable:
+        """The RNN a teacher-forced pass runs. In training with weight_drop > 0 it is the same RNN with
+        DropConnect on its hidden-to-hidden weights (Merity et al. 2018, AWD-LSTM): one mask per batch, shared
+        by all time steps, so the recurrence itself is regularised, which dropout on the inputs and outputs
+        cannot do. Evaluation and one-step decoding use the full weights (inverted dropout keeps their scale)."""
+        if not (self.training and self.weight_drop > 0):
+            return self.rnn
+        dropped = {name: F.dropout(getattr(self.rnn, name), self.weight_drop, training=True)
+                   for name in (f"weight_hh_l{i}" for i in range(self.num_layers))}
+        return lambda *args: functional_call(self.rnn, dropped, args)
+
     def _rnn_state(self, state: State):
         return state if self.rnn_type == "lstm" else state[0]
 
@@ -243,7 +258,7 @@ class RNNDecoder(nn.Module):
             inputs = torch.cat([inputs, z.unsqueeze(1).expand(-1, inputs.shape[1], -1)], dim=-1)
         state = self._rnn_state(self.initial_state(z, inputs.shape[0])) if self.init else None
         packed = default_packing(inputs.device) if self.packed is None else self.packed
-        out, _ = run_rnn(self.rnn, inputs, lengths, state, packed)
+        out, _ = run_rnn(self._recurrence(), inputs, lengths, state, packed)
         return positions.gather(out), positions
 
     def forward_full(self, inputs: torch.Tensor, z: torch.Tensor | None = None, state: State | None = None
@@ -255,7 +270,7 @@ class RNNDecoder(nn.Module):
             inputs = torch.cat([inputs, z.unsqueeze(1).expand(-1, t, -1)], dim=-1)
         if state is None:
             state = self.initial_state(z, n, inputs.device)
-        out, final = self.rnn(inputs, self._rnn_state(state))
+        out, final = self._recurrence()(inputs, self._rnn_state(state))
         return out, self._as_tuple(final)
 
     def step(self, inputs: torch.Tensor, state: State, z: torch.Tensor | None = None) -> tuple[torch.Tensor, State]:
@@ -269,14 +284,14 @@ class RNNDecoder(nn.Module):
 # ------------------------------------------------------------------------------------------ models
 
 def _check_common(embed_dim, hidden_size, rnn, decoder_layers, word_dropout, embed_dropout, output_dropout,
-                  vocab_size, packed) -> None:
+                  weight_drop, vocab_size, packed) -> None:
     _check(packed is None or isinstance(packed, bool), "packed", packed, "null (auto), true or false")
     _check(_positive_int(embed_dim), "embed_dim", embed_dim, "a positive integer")
     _check(_positive_int(hidden_size), "hidden_size", hidden_size, "a positive integer")
     _check(rnn in RNNS, "rnn", rnn, "one of: " + ", ".join(RNNS))
     _check(_positive_int(decoder_layers), "decoder_layers", decoder_layers, "a positive integer")
     for key, value in (("word_dropout", word_dropout), ("embed_dropout", embed_dropout),
-                       ("output_dropout", output_dropout)):
+                       ("output_dropout", output_dropout), ("weight_drop", weight_drop)):
         _check(_probability(value), key, value, "a number in [0, 1)")
     if vocab_size < 5:
         raise SeqvaeError(f"the vocabulary has {vocab_size} entries (4 are specials): the text data is too small "
@@ -341,11 +356,11 @@ class LSTMVAE(_TextDecoderMixin, LatentModel):
                  embed_dim: int = 256, hidden_size: int = 256, latent_dim: int = 32, rnn: str = "lstm",
                  encoder_layers: int = 1, bidirectional: bool = False, decoder_layers: int = 1,
                  z_conditioning: str = "init", word_dropout: float = 0.0, embed_dropout: float = 0.0,
-                 output_dropout: float = 0.0, tie_weights: bool = False, packed: bool | None = None,
-                 name: str = "lstm_vae") -> None:
+                 output_dropout: float = 0.0, weight_drop: float = 0.0, tie_weights: bool = False,
+                 packed: bool | None = None, name: str = "lstm_vae") -> None:
         super().__init__()
         _check_common(embed_dim, hidden_size, rnn, decoder_layers, word_dropout, embed_dropout, output_dropout,
-                      vocab_size, packed)
+                      weight_drop, vocab_size, packed)
         _check(_positive_int(latent_dim), "latent_dim", latent_dim, "a positive integer")
         _check(_positive_int(encoder_layers), "encoder_layers", encoder_layers, "a positive integer")
         _check(z_conditioning in Z_CONDITIONING, "z_conditioning", z_conditioning,
@@ -356,7 +371,8 @@ class LSTMVAE(_TextDecoderMixin, LatentModel):
         self.encoder = RNNEncoder(embed_dim, hidden_size, encoder_layers, bidirectional, rnn, packed)
         self.mu_head = nn.Linear(self.encoder.output_size, latent_dim)
         self.logvar_head = nn.Linear(self.encoder.output_size, latent_dim)
-        self.decoder = RNNDecoder(embed_dim, hidden_size, decoder_layers, rnn, latent_dim, z_conditioning, packed)
+        self.decoder = RNNDecoder(embed_dim, hidden_size, decoder_layers, rnn, latent_dim, z_conditioning, packed,
+                                  weight_drop)
         self.bow = nn.Linear(latent_dim, vocab_size)
 
     def encode(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -414,13 +430,14 @@ class LSTMLM(_TextDecoderMixin, LatentModel):
     def __init__(self, vocab_size: int, pad_id: int = 0, unk_id: int = 1, sos_id: int = 2, eos_id: int = 3,
                  embed_dim: int = 256, hidden_size: int = 256, rnn: str = "lstm", decoder_layers: int = 1,
                  word_dropout: float = 0.0, embed_dropout: float = 0.0, output_dropout: float = 0.0,
-                 tie_weights: bool = False, packed: bool | None = None, name: str = "lstm_lm") -> None:
+                 weight_drop: float = 0.0, tie_weights: bool = False, packed: bool | None = None,
+                 name: str = "lstm_lm") -> None:
         super().__init__()
         _check_common(embed_dim, hidden_size, rnn, decoder_layers, word_dropout, embed_dropout, output_dropout,
-                      vocab_size, packed)
+                      weight_drop, vocab_size, packed)
         self.io = TokenIO(vocab_size, embed_dim, hidden_size, pad_id, unk_id, sos_id, eos_id, word_dropout,
                           embed_dropout, output_dropout, tie_weights)
-        self.decoder = RNNDecoder(embed_dim, hidden_size, decoder_layers, rnn, 0, "init", packed)
+        self.decoder = RNNDecoder(embed_dim, hidden_size, decoder_layers, rnn, 0, "init", packed, weight_drop)
 
     def encode(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         raise SeqvaeError("lstm_lm has no latent variable: it cannot encode a sentence")
@@ -666,7 +683,7 @@ class SeriesLSTMVAE(LatentModel):
 # model=lstm_vae serves both data kinds: the data module's kwargs pick the model, and the config keys of the
 # other kind are dropped here (conf/model/lstm_vae.yaml lists which keys are text-only and series-only).
 TEXT_ONLY_KEYS = ("vocab_size", "pad_id", "unk_id", "sos_id", "eos_id", "word_dropout", "embed_dropout",
-                  "output_dropout", "tie_weights", "packed")
+                  "output_dropout", "weight_drop", "tie_weights", "packed")
 SERIES_ONLY_KEYS = ("num_channels", "seq_len", "project_input", "series_decoder", "output_std", "fixed_std")
 
 

@@ -8,6 +8,7 @@ import math
 
 import pytest
 import torch
+from torch.nn import functional as F
 
 from seqvae_cli import decoding
 from seqvae_cli.data_text import SPECIALS, TextData, build_vocabulary, tokenize
@@ -305,6 +306,42 @@ def test_word_dropout_only_in_training():
     assert torch.equal(model.log_likelihood(tiny_batch(), z), model.log_likelihood(tiny_batch(), z))
 
 
+@pytest.mark.parametrize("rnn,packed", [("lstm", False), ("gru", True)])
+def test_weight_drop_masks_recurrent_weights_once_per_batch(rnn, packed):
+    """model.weight_drop (DropConnect): a training pass equals the same model run with each decoder layer's
+    hidden-to-hidden weights multiplied by one dropout mask, i.e. one mask for all time steps; the next
+    batch draws a new one; evaluation uses the full weights."""
+    sizes = dict(embed_dim=6, hidden_size=7, latent_dim=3, rnn=rnn, decoder_layers=2, packed=packed)
+    torch.manual_seed(0)
+    plain = LSTMVAE(V, **sizes)
+    dropped = LSTMVAE(V, weight_drop=0.4, **sizes)
+    dropped.load_state_dict(plain.state_dict())          # weight_drop adds no parameters
+    batch, z = tiny_batch(), torch.randn(1, 3, 3)
+    plain.eval(), dropped.eval()
+    assert torch.equal(plain.log_likelihood(batch, z), dropped.log_likelihood(batch, z))
+
+    plain.train(), dropped.train()          # no other dropout is configured: the masks are the only randomness
+    torch.manual_seed(1)
+    got = dropped.log_likelihood(batch, z)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for layer in range(2):
+            w = getattr(plain.decoder.rnn, f"weight_hh_l{layer}")
+            w.copy_(F.dropout(w, 0.4, training=True))
+    assert torch.allclose(got, plain.log_likelihood(batch, z), atol=1e-6)
+    assert not torch.allclose(got, dropped.log_likelihood(batch, z))
+
+    # Gradients reach only the weights the mask kept.
+    torch.manual_seed(2)
+    dropped.zero_grad()
+    dropped.log_likelihood(batch, z).sum().backward()
+    torch.manual_seed(2)
+    kept = F.dropout(torch.ones_like(dropped.decoder.rnn.weight_hh_l0), 0.4, training=True) != 0
+    grad = dropped.decoder.rnn.weight_hh_l0.grad
+    assert (grad[~kept] == 0).all() and (grad[kept] != 0).float().mean() > 0.9
+    assert 0.25 < (~kept).float().mean() < 0.55
+
+
 def test_tied_weights_share_storage_and_size_check():
     model = LSTMVAE(V, embed_dim=6, hidden_size=6, latent_dim=2, tie_weights=True)
     assert model.io.out.weight.data_ptr() == model.io.embedding.weight.data_ptr()
@@ -318,6 +355,8 @@ def test_config_errors():
         LSTMVAE(V, z_conditioning="sum")
     with pytest.raises(SeqvaeError, match="model.rnn"):
         LSTMLM(V, rnn="transformer")
+    with pytest.raises(SeqvaeError, match=r"model.weight_drop.*\[0, 1\)"):
+        LSTMLM(V, weight_drop=1.0)
 
 
 def test_bag_of_words_nll_by_hand():
