@@ -341,7 +341,8 @@ def test_text_sweep_and_report(text_sweep, tmp_path):
 
 # ------------------------------------------------------------------------------------------ (f) resume
 
-RESUME_ARGS = [*VAE_ARGS, "trainer.max_epochs=3"]
+# weight_drop: its DropConnect masks come from the RNG state a resume must restore.
+RESUME_ARGS = [*VAE_ARGS, "trainer.max_epochs=3", "model.weight_drop=0.2"]
 
 
 @pytest.fixture(scope="module")
