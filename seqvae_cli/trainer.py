@@ -129,9 +129,9 @@ class WeightAverage:
         # Paired once: loading checkpoints and the decoder reset change the tensors in place, never replace them.
         # parameters() lists a tied embedding once and in module order, so both models' lists pair up.
         pairs = list(zip([*self.model.parameters(), *self.model.buffers()], [*model.parameters(), *model.buffers()]))
-        self.averaged = [(mine, theirs) for mine, theirs in pairs if mine.is_floating_point()]
+        self.mine = [mine for mine, _ in pairs if mine.is_floating_point()]
+        self.theirs = [theirs for mine, theirs in pairs if mine.is_floating_point()]
         self.copied = [(mine, theirs) for mine, theirs in pairs if not mine.is_floating_point()]  # e.g. counters
-        self.mine, self.theirs = [m for m, _ in self.averaged], [t for _, t in self.averaged]
 
     @torch.no_grad()
     def update(self, step: int) -> None:
@@ -139,8 +139,7 @@ class WeightAverage:
         if step < self.start_step:
             return
         if self.count == 0:
-            for mine, theirs in self.averaged:
-                mine.copy_(theirs)
+            torch._foreach_copy_(self.mine, self.theirs)
         else:
             weight = 1.0 / (self.count + 1) if self.kind == "uniform" else 1.0 - self.ema_decay()
             torch._foreach_lerp_(self.mine, self.theirs, weight)

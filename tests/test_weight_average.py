@@ -5,7 +5,6 @@ training untouched and must be what validation, best.pt and eval score. Kill-and
 test_resume.py's main case."""
 from __future__ import annotations
 
-
 from pathlib import Path
 
 import pytest
