@@ -42,6 +42,9 @@ def one_of(*allowed: Any) -> tuple[Callable[[Any], bool], str]:
     return (lambda v: v in allowed), "one of: " + ", ".join(map(str, allowed))
 
 
+BOOLEAN = (lambda v: isinstance(v, bool)), "true or false"
+
+
 def precision_rule() -> tuple[Callable[[Any], bool], str]:
     return (lambda v: v in (32, "32", "bf16-mixed") and not isinstance(v, bool)), "32 or bf16-mixed"
 
@@ -112,11 +115,14 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "objective.free_bits.total": number(0),
     "objective.bow_weight": number(0),
     "objective.ae_pretrain_epochs": number(0, integer=True),
+    "objective.aggressive.enabled": BOOLEAN,
+    "objective.aggressive.max_inner_steps": number(1, integer=True),
+    "objective.aggressive.check_every": number(1, integer=True),
     "optim.name": one_of("adam", "adamw"),
     "optim.lr": number(0, lo_open=True),
     "optim.weight_decay": number(0),
     "optim.grad_clip": number(0),
-    "optim.fused": (lambda v: isinstance(v, bool), "true or false"),
+    "optim.fused": BOOLEAN,
     "optim.lr_schedule": one_of("constant", "cosine", "step", "exponential"),
     "optim.lr_min": number(0),
     "optim.lr_gamma": number(0, 1, lo_open=True),
@@ -187,7 +193,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "model.series_decoder": one_of("repeat", "autoregressive"),
     "model.output_std": one_of("learned_channel", "learned_step", "fixed"),
     "model.fixed_std": number(0, lo_open=True),
-    "model.project_input": (lambda v: isinstance(v, bool), "true or false"),
+    "model.project_input": BOOLEAN,
     "score": one_of("neg_elbo", "rec", "iw_nll"),
     "forecast_prefix": number(0, 1, lo_open=True),
     "num_forecasts": number(1, integer=True),
@@ -257,6 +263,11 @@ def validate(cfg: DictConfig, rules: dict = RULES) -> None:
     if epochs is not None and pretrain >= epochs:
         raise SeqvaeError(f"config error: objective.ae_pretrain_epochs={pretrain} leaves no VAE epoch within "
                           f"trainer.max_epochs={epochs}; lower the first or raise the second")
+    if pretrain and OmegaConf.select(cfg, "objective.aggressive.enabled", default=False):
+        raise SeqvaeError(f"config error: objective.aggressive.enabled=true (He et al. 2019) and "
+                          f"objective.ae_pretrain_epochs={pretrain} (Li et al. 2019) are two different cures for "
+                          f"posterior collapse; choose one (set objective.ae_pretrain_epochs=0 or "
+                          f"objective.aggressive.enabled=false)")
     average = OmegaConf.select(cfg, "trainer.weight_average", default=None)
     if average is not None and average.kind != "none" and epochs is not None and \
             average.start_epoch >= epochs:

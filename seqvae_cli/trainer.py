@@ -6,6 +6,7 @@ run exactly on CPU.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
@@ -15,6 +16,7 @@ import shutil
 import time
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Iterator
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -25,10 +27,11 @@ from tqdm import tqdm
 from . import visuals
 from .checkpoint import FORMAT, build, load_checkpoint, load_model_state, save_atomic
 from .config import is_bf16, metric_mode, override_keys, setup_device
+from .data import Batch
 from .errors import SeqvaeError
 from .evaluate import evaluate, public
 from .models import LatentModel
-from .objective import Objective
+from .objective import Objective, Terms
 
 log = logging.getLogger("seqvae")
 
@@ -160,6 +163,75 @@ class WeightAverage:
         return self.model if self.count else model
 
 
+class AggressiveEncoder:
+    """He et al. 2019's aggressive inference-network training ("Lagging inference networks").
+
+    While on, each training step first updates the encoder alone, on the step's batch and then on fresh ones,
+    until the mean loss over a window of `check_every` updates rises above the window before (at most
+    `max_inner_steps` updates); the step itself then updates the decoder alone. It switches off for the rest of
+    the run after the first epoch whose validation mutual information I(x;z) is below the epoch before's.
+
+    "Encoder" means the parameters only q(z|x) uses. A parameter the decoder also uses (the word embedding the
+    sentence VAE's encoder and decoder share) counts as decoder: moving it would move p(x|z), which the inner
+    loop holds fixed. He et al.'s models had separate embeddings."""
+
+    def __init__(self, model: LatentModel, objective: Objective, probe: Batch, max_inner_steps: int,
+                 check_every: int, seed: int) -> None:
+        self.max_inner_steps, self.check_every = max_inner_steps, check_every
+        self.on, self.last_mutual_info = True, -math.inf
+        self.encoder_params, self.decoder_params = split_encoder_decoder(model, objective, probe)
+        # Its own shuffle stream of fresh batches, restarted every epoch so a resumed run replays it exactly.
+        self.shuffle_gen = torch.Generator().manual_seed(seed)
+
+    def end_epoch(self, mutual_info: float) -> bool:
+        """Record this epoch's validation I(x;z); returns False when aggressive training has just switched off."""
+        if mutual_info < self.last_mutual_info:
+            self.on = False
+        self.last_mutual_info = mutual_info
+        return self.on
+
+    def state_dict(self) -> dict:
+        return {"on": self.on, "last_mutual_info": self.last_mutual_info, "shuffle": self.shuffle_gen.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.on, self.last_mutual_info = state["on"], state["last_mutual_info"]
+        self.shuffle_gen.set_state(state["shuffle"])
+
+
+@contextlib.contextmanager
+def frozen(params: list[torch.nn.Parameter]) -> Iterator[None]:
+    """These parameters get no gradient inside: no optimiser update for them (Adam skips a parameter without
+    one), and no backward work spent on their weight gradients."""
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
+
+
+def split_encoder_decoder(model: LatentModel, objective: Objective,
+                          batch: Batch) -> tuple[list[torch.nn.Parameter], list[torch.nn.Parameter]]:
+    """(encoder-only, all other) trainable parameters, found by what the gradients reach on one batch: the
+    encoder's are those q(z|x) depends on and neither log p(x|z) nor the auxiliary loss does at a fixed z."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    was_training = model.training
+    model.eval()  # no dropout: which parameters are reached does not depend on it, and no RNG is drawn
+    try:
+        with torch.enable_grad():
+            mu, logvar = model.encode(batch)
+            reached_by_q = torch.autograd.grad(mu.sum() + logvar.sum(), params, allow_unused=True)
+            z = mu.detach().unsqueeze(0)
+            decoder_side = model.log_likelihood(batch, z).sum() + objective.aux_loss(model, batch, z[0]).sum()
+            reached_by_p = torch.autograd.grad(decoder_side, params, allow_unused=True)
+    finally:
+        model.train(was_training)
+    encoder = [p for p, gq, gp in zip(params, reached_by_q, reached_by_p) if gq is not None and gp is None]
+    ids = {id(p) for p in encoder}
+    return encoder, [p for p in params if id(p) not in ids]
+
+
 class Trainer:
     def __init__(self, cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) -> None:
         self.run_dir = run_dir
@@ -194,6 +266,18 @@ class Trainer:
         if averaging is not None and averaging.kind != "none":
             self.average = WeightAverage(self.model, averaging.kind, averaging.ema_decay,
                                          averaging.start_epoch * self.steps_per_epoch)
+        # Runs from before the setting have no objective.aggressive: they trained without it.
+        aggressive = OmegaConf.select(cfg, "objective.aggressive", default=None)
+        self.aggressive = None
+        if aggressive is not None and aggressive.enabled:
+            if not self.model.variational or self.model.latent_dim == 0:
+                raise SeqvaeError(f"config error: objective.aggressive.enabled=true trains a VAE's encoder on its "
+                                  f"own, but {cfg.model.name} has no posterior q(z|x); use model=mlp_vae or "
+                                  f"model=lstm_vae, or set objective.aggressive.enabled=false")
+            probe = next(iter(self.dm.eval_batches("val", None, 1)))
+            self.aggressive = AggressiveEncoder(self.model, self.objective, probe, aggressive.max_inner_steps,
+                                                aggressive.check_every, tc.seed + 3)
+        self.grad_clip = float(cfg.optim.grad_clip)
         self.shuffle_gen = torch.Generator().manual_seed(tc.seed + 1)
         self.data_gen = torch.Generator(device=self.device).manual_seed(tc.seed + 2)
         self.step, self.epoch = 0, 0
@@ -216,6 +300,8 @@ class Trainer:
         extra = {}
         if self.average is not None:
             extra = {"training_model": self.model.state_dict(), "weight_average": {"count": self.average.count}}
+        if self.aggressive is not None:
+            extra["aggressive"] = self.aggressive.state_dict()
         return {
             "format": FORMAT,
             "config": OmegaConf.to_container(self.cfg, resolve=True),
@@ -239,6 +325,8 @@ class Trainer:
                 self.average.count = state["weight_average"]["count"]
         else:
             load_model_state(self.model, state, path)
+        if self.aggressive is not None:
+            self.aggressive.load_state_dict(state["aggressive"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         # The loaded states carry the old lr and the lr of the old schedule length; resumed with a new optim.lr or
@@ -293,6 +381,8 @@ class Trainer:
         while self.epoch < tc.max_epochs and self.step < self.total_steps:
             self.train_epoch()
             self.epoch += 1
+            if self.aggressive is not None and self.aggressive.on:
+                self.end_aggressive_epoch()
             if self.step == self.objective.pretrain_steps and self.step > 0:
                 self.model.reset_decoder()
                 self.optimizer.state.clear()  # Adam's moments belonged to the old decoder
@@ -325,25 +415,23 @@ class Trainer:
         tc = self.cfg.trainer
         self.model.train()
         sums = {"loss": 0.0, "neg_elbo": 0.0}
-        n = 0
+        n, encoder_updates, first_step = 0, 0, self.step
         # Read once: config lookups cost ~10 us each, and the loop runs ~400 steps a second on MNIST.
-        grad_clip, log_every, show_bar = self.cfg.optim.grad_clip, tc.log_every, bool(tc.progress_bar)
+        log_every, show_bar = tc.log_every, bool(tc.progress_bar)
+        aggressive = self.aggressive if self.aggressive is not None and self.aggressive.on else None
+        fresh = self.fresh_batches() if aggressive is not None else None
         bar = tqdm(self.dm.train_batches(self.shuffle_gen, self.data_gen, tc.limit_train_batches),
                    total=self.steps_per_epoch, desc=f"epoch {self.epoch + 1}/{tc.max_epochs}",
                    disable=not show_bar, leave=False, mininterval=0.5)
         for batch in bar:
             if self.step >= self.total_steps:
                 break
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-                terms = self.objective(self.model, batch, self.step)
-            loss = terms.loss.item()
-            if not math.isfinite(loss):
-                self.stop_non_finite(f"loss became {loss}")
-            self.optimizer.zero_grad(set_to_none=True)
-            terms.loss.backward()
-            if grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), grad_clip)
-            self.optimizer.step()
+            if aggressive is None:
+                terms, loss = self.update(batch)
+            else:  # He et al. 2019: the encoder catches up first, then this step moves only the decoder
+                encoder_updates += self.encoder_updates(batch, fresh)
+                with frozen(aggressive.encoder_params):
+                    terms, loss = self.update(batch)
             self.scheduler.step()
             if self.average is not None:
                 self.average.update(self.step)
@@ -361,7 +449,67 @@ class Trainer:
         if n:
             log.info("epoch %d: train loss %.4f, -elbo %.4f (%d steps)", self.epoch + 1, means["loss"],
                      means["neg_elbo"], self.step)
+        if aggressive is not None:
+            means["encoder_updates_per_step"] = encoder_updates / max(self.step - first_step, 1)
+            self.writer.add_scalar("train/encoder_updates_per_step", means["encoder_updates_per_step"], self.step)
+            log.info("epoch %d: %.1f aggressive encoder updates per step", self.epoch + 1,
+                     means["encoder_updates_per_step"])
         return means
+
+    def update(self, batch: Batch) -> tuple[Terms, float]:
+        """One optimiser update on `batch` (of the parameters that require a gradient); returns the objective's
+        terms and the loss as a float."""
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            terms = self.objective(self.model, batch, self.step)
+        loss = terms.loss.item()
+        if not math.isfinite(loss):
+            self.stop_non_finite(f"loss became {loss}")
+        self.optimizer.zero_grad(set_to_none=True)
+        terms.loss.backward()
+        if self.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+        self.optimizer.step()
+        return terms, loss
+
+    # ------------------------------------------------------------- aggressive encoder training (He et al. 2019)
+    def fresh_batches(self) -> Iterator[Batch]:
+        """Endless shuffled training batches for the encoder's inner loop, from its own shuffle stream."""
+        while True:
+            yield from self.dm.train_batches(self.aggressive.shuffle_gen, self.data_gen,
+                                             self.cfg.trainer.limit_train_batches)
+
+    def encoder_updates(self, batch: Batch, fresh: Iterator[Batch]) -> int:
+        """The inner loop: update the encoder alone (decoder held fixed), first on this step's batch, then on
+        fresh ones, until the mean loss of a window of check_every updates is above the window before's, at
+        most max_inner_steps updates. Losses are per token for text (as He et al.), else per example.
+        Returns the number of updates made."""
+        aggressive = self.aggressive
+        window_loss, window_count, previous = 0.0, 0, math.inf
+        with frozen(aggressive.decoder_params):
+            for done in range(1, aggressive.max_inner_steps + 1):
+                if done > 1:
+                    batch = next(fresh)
+                _, loss = self.update(batch)
+                window_loss += loss * batch["x"].shape[0]
+                window_count += int(batch["lengths"].sum()) if "lengths" in batch else batch["x"].shape[0]
+                if done % aggressive.check_every == 0:
+                    current = window_loss / window_count
+                    if current > previous:
+                        break
+                    previous, window_loss, window_count = current, 0.0, 0
+        return done
+
+    def end_aggressive_epoch(self) -> None:
+        """He et al.'s switch: aggressive training stops after the first epoch whose validation I(x;z) falls."""
+        before = self.aggressive.last_mutual_info
+        mutual_info = evaluate(self.model, self.dm, "val", limit=self.cfg.trainer.limit_val_batches)["mutual_info"]
+        self.writer.add_scalar("train/aggressive_val_mutual_info", mutual_info, self.step)
+        if self.aggressive.end_epoch(mutual_info):
+            log.info("epoch %d: validation I(x;z) %.4f; aggressive encoder training continues", self.epoch,
+                     mutual_info)
+        else:
+            log.info("epoch %d: validation I(x;z) %.4f fell below %.4f; aggressive encoder training is off from "
+                     "here", self.epoch, mutual_info, before)
 
     def stop_non_finite(self, what: str, epoch: int | None = None) -> None:
         """Stop with the step and epoch (1-based; default the epoch in progress) and how to carry on."""

@@ -13,8 +13,11 @@ import torch
 from conftest import SEQVAE, SMOKE_ARGS, assert_one_error_line, clone_run, describe, run_seqvae, seqvae_env
 
 # With a weight average on: the average must be restored exactly too (it is what best.pt and the test score).
+# With aggressive encoder training (He et al. 2019): its own batch stream and its on/off state must be restored.
 RESUME_ARGS = [*SMOKE_ARGS, "trainer.max_epochs=3", "trainer.limit_train_batches=20",
-               "trainer.weight_average.kind=ema", "trainer.weight_average.ema_decay=0.9"]
+               "trainer.weight_average.kind=ema", "trainer.weight_average.ema_decay=0.9",
+               "objective.aggressive.enabled=true", "objective.aggressive.max_inner_steps=4",
+               "objective.aggressive.check_every=2"]
 
 
 def load_state(path):
@@ -89,10 +92,14 @@ def test_resumed_run_equals_the_uninterrupted_run(resume_pair):
 def test_resumed_weights_equal_the_uninterrupted_weights(resume_pair):
     full, killed, before, _ = resume_pair
     assert before["weight_average"]["count"] > 0          # the kill left a non-empty average behind
+    assert before["aggressive"]["on"]                      # and a run still in its aggressive phase
     for name in ("last.pt", "best.pt"):
         a, b = load_state(full / "checkpoints" / name), load_state(killed / "checkpoints" / name)
         assert a["step"] == b["step"] and a["epoch"] == b["epoch"]
         assert a["weight_average"] == b["weight_average"]
+        assert (a["aggressive"]["on"], a["aggressive"]["last_mutual_info"]) == \
+            (b["aggressive"]["on"], b["aggressive"]["last_mutual_info"])
+        assert torch.equal(a["aggressive"]["shuffle"], b["aggressive"]["shuffle"])
         for part in ("model", "training_model"):        # the average, and the weights training continues from
             assert a[part].keys() == b[part].keys()
             for key in a[part]:

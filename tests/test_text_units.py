@@ -572,7 +572,8 @@ def test_text_config_requires_files():
 
 # ------------------------------------------------------------------------------------------ presets
 
-@pytest.mark.parametrize("experiment", ["ptb_bowman", "ptb_cyclical", "ptb_li2019", "ptb_lm", "ptb_cyclical_fb"])
+@pytest.mark.parametrize("experiment", ["ptb_bowman", "ptb_cyclical", "ptb_li2019", "ptb_lm", "ptb_cyclical_fb",
+                                        "ptb_he2019"])
 def test_ptb_presets_have_the_published_sizes_and_the_measured_recipe(experiment):
     """The sizes text-VAE papers share (256-unit LSTMs, 32-d latent, dropout 0.5, batch 32) and the optimiser
     settings of the README's PTB table, so `seqvae train experiment=X` is the command that reproduces it."""
@@ -592,6 +593,10 @@ def test_ptb_presets_have_the_published_sizes_and_the_measured_recipe(experiment
         return
     assert m.name == "lstm_vae" and m.latent_dim == 32 and m.z_conditioning == "init"
     recipe = {"ptb_bowman": ("sigmoid", 0.25, 0.0, 0), "ptb_cyclical": ("cyclical", 0.0, 0.0, 0),
-              "ptb_li2019": ("linear", 0.0, 0.1, 5), "ptb_cyclical_fb": ("cyclical", 0.0, 0.05, 0)}[experiment]
+              "ptb_li2019": ("linear", 0.0, 0.1, 5), "ptb_cyclical_fb": ("cyclical", 0.0, 0.05, 0),
+              "ptb_he2019": ("linear", 0.0, 0.0, 0)}[experiment]
     o = cfg.objective
     assert (o.kl_anneal.schedule, m.word_dropout, o.free_bits.per_dim, o.ae_pretrain_epochs) == recipe
+    assert o.aggressive.enabled == (experiment == "ptb_he2019")
+    if experiment == "ptb_he2019":   # KL weight 0.1 -> 1 over the first 10 epochs, as He et al.
+        assert (o.kl_anneal.start, o.kl_anneal.end, o.kl_anneal.unit, o.kl_anneal.warmup) == (0.1, 1.0, "epochs", 10)
