@@ -11,7 +11,7 @@ import torch
 from seqvae_cli.config import validate
 from seqvae_cli.errors import SeqvaeError
 from seqvae_cli.models import MLPVAE
-from seqvae_cli.models_seq import LSTMVAE
+from seqvae_cli.models_seq import LSTMVAE, SeriesLSTMVAE
 from seqvae_cli.objective import Objective
 from seqvae_cli.trainer import AggressiveEncoder, Trainer, split_encoder_decoder
 
@@ -51,6 +51,16 @@ def test_a_shared_embedding_and_the_bag_of_words_head_are_on_the_decoder_side(ti
     assert "io.embedding.weight" in names(model, decoder)    # the encoder reads it too, but p(x|z) depends on it
     assert {"bow.weight", "bow.bias"} <= names(model, decoder)
     assert not model.training
+
+
+@pytest.mark.parametrize("series_decoder", ["repeat", "autoregressive"])
+def test_the_series_models_input_projection_is_the_encoders_own(series_decoder):
+    model = SeriesLSTMVAE(num_channels=2, seq_len=9, embed_dim=4, hidden_size=5, latent_dim=3,
+                          series_decoder=series_decoder)
+    encoder, decoder = split_encoder_decoder(model, objective(), {"x": torch.randn(4, 9, 2)})
+    own = ENCODER + ("input_proj.",)     # the autoregressive decoder reads its inputs through decoder_proj
+    assert names(model, encoder) == {n for n, _ in model.named_parameters() if n.startswith(own)}
+    assert {"head.log_std", "decoder.z_to_state.weight"} <= names(model, decoder)
 
 
 def inner_loop(losses, check_every, max_inner_steps, sizes=None):
