@@ -58,6 +58,17 @@ def mutual_information(mu: torch.Tensor, logvar: torch.Tensor, chunk: int = 1024
     return float(neg_entropy - torch.cat(log_qz).mean())
 
 
+@torch.no_grad()
+def split_mutual_information(model: LatentModel, dm: DataModule, split: str,
+                             limit: int | float | None = None) -> float:
+    """I(x;z) over `split` (mutual_information) from an encoder-only pass: no decoder, no other metric."""
+    was_training = model.training
+    model.eval()
+    posteriors = [model.encode(batch) for batch in dm.eval_batches(split, None, limit)]
+    model.train(was_training)
+    return mutual_information(torch.cat([mu for mu, _ in posteriors]), torch.cat([lv for _, lv in posteriors]))
+
+
 def active_units(mu: torch.Tensor, threshold: float = 0.01) -> int:
     """Dimensions whose posterior mean varies across the data: Var_x(E_q[z_d]) > threshold (Burda et al.)."""
     if mu.shape[0] < 2:

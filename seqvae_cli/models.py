@@ -7,7 +7,8 @@ Interface every model implements (the trainer, evaluator and sampler use nothing
   log_likelihood(batch, z) with z [S, B, D] -> log p(x|z), [S, B], in nats per example
   decode_mean(z)        -> the decoder's mean output, for pictures
   bag_of_words_nll(batch, z) (optional) -> [B], for objective.bow_weight > 0
-  decoder_modules()     -> the modules re-initialised by reset_decoder() (Li et al. 2019's recipe)
+  decoder_modules()     -> the modules re-initialised by reset_decoder() (Li et al. 2019's recipe); the
+                        aggressive training's split (trainer.split_encoder_decoder) is found from gradients
 """
 from __future__ import annotations
 

@@ -29,7 +29,7 @@ from .checkpoint import FORMAT, build, load_checkpoint, load_model_state, save_a
 from .config import is_bf16, metric_mode, override_keys, setup_device
 from .data import Batch
 from .errors import SeqvaeError
-from .evaluate import evaluate, public
+from .evaluate import evaluate, public, split_mutual_information
 from .models import LatentModel
 from .objective import Objective, Terms
 
@@ -173,14 +173,21 @@ class AggressiveEncoder:
 
     "Encoder" means the parameters only q(z|x) uses. A parameter the decoder also uses (the word embedding the
     sentence VAE's encoder and decoder share) counts as decoder: moving it would move p(x|z), which the inner
-    loop holds fixed. He et al.'s models had separate embeddings."""
+    loop holds fixed. He et al.'s models had separate embeddings. (Not the models' decoder_modules(): those are
+    what Li et al.'s reset re-initialises, which keeps the shared embedding.)
+
+    Two deliberate differences from He et al.'s code: the side held fixed gets no gradient at all, so
+    gradient clipping measures the norm of the side that moves (theirs clips the whole gradient, then steps
+    one side); and the first epoch's I(x;z) is compared with -inf rather than 0, so a negative first estimate
+    (the estimator can go below 0 while the KL is near 0) does not end aggressive training at once."""
 
     def __init__(self, model: LatentModel, objective: Objective, probe: Batch, max_inner_steps: int,
                  check_every: int, seed: int) -> None:
         self.max_inner_steps, self.check_every = max_inner_steps, check_every
         self.on, self.last_mutual_info = True, -math.inf
         self.encoder_params, self.decoder_params = split_encoder_decoder(model, objective, probe)
-        # Its own shuffle stream of fresh batches, restarted every epoch so a resumed run replays it exactly.
+        # The inner loop's own shuffle stream: each epoch draws a new permutation from it, so the checkpoint at
+        # the epoch's end holds the whole stream's state and a resumed run replays it exactly.
         self.shuffle_gen = torch.Generator().manual_seed(seed)
 
     def end_epoch(self, mutual_info: float) -> bool:
@@ -219,7 +226,8 @@ def split_encoder_decoder(model: LatentModel, objective: Objective,
     was_training = model.training
     model.eval()  # no dropout: which parameters are reached does not depend on it, and no RNG is drawn
     try:
-        with torch.enable_grad():
+        # cuDNN refuses an RNN backward in eval mode; the native kernels reach the same parameters.
+        with torch.enable_grad(), torch.backends.cudnn.flags(enabled=False):
             mu, logvar = model.encode(batch)
             reached_by_q = torch.autograd.grad(mu.sum() + logvar.sum(), params, allow_unused=True)
             z = mu.detach().unsqueeze(0)
@@ -429,7 +437,7 @@ class Trainer:
             if aggressive is None:
                 terms, loss = self.update(batch)
             else:  # He et al. 2019: the encoder catches up first, then this step moves only the decoder
-                encoder_updates += self.encoder_updates(batch, fresh)
+                encoder_updates += self.catch_up_encoder(batch, fresh)
                 with frozen(aggressive.encoder_params):
                     terms, loss = self.update(batch)
             self.scheduler.step()
@@ -478,7 +486,7 @@ class Trainer:
             yield from self.dm.train_batches(self.aggressive.shuffle_gen, self.data_gen,
                                              self.cfg.trainer.limit_train_batches)
 
-    def encoder_updates(self, batch: Batch, fresh: Iterator[Batch]) -> int:
+    def catch_up_encoder(self, batch: Batch, fresh: Iterator[Batch]) -> int:
         """The inner loop: update the encoder alone (decoder held fixed), first on this step's batch, then on
         fresh ones, until the mean loss of a window of check_every updates is above the window before's, at
         most max_inner_steps updates. Losses are per token for text (as He et al.), else per example.
@@ -502,7 +510,7 @@ class Trainer:
     def end_aggressive_epoch(self) -> None:
         """He et al.'s switch: aggressive training stops after the first epoch whose validation I(x;z) falls."""
         before = self.aggressive.last_mutual_info
-        mutual_info = evaluate(self.model, self.dm, "val", limit=self.cfg.trainer.limit_val_batches)["mutual_info"]
+        mutual_info = split_mutual_information(self.model, self.dm, "val", self.cfg.trainer.limit_val_batches)
         self.writer.add_scalar("train/aggressive_val_mutual_info", mutual_info, self.step)
         if self.aggressive.end_epoch(mutual_info):
             log.info("epoch %d: validation I(x;z) %.4f; aggressive encoder training continues", self.epoch,

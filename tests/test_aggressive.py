@@ -64,7 +64,7 @@ def test_the_series_models_input_projection_is_the_encoders_own(series_decoder):
 
 
 def inner_loop(losses, check_every, max_inner_steps, sizes=None):
-    """Trainer.encoder_updates with scripted per-update losses (batch i of size/tokens sizes[i]); returns the
+    """Trainer.catch_up_encoder with scripted per-update losses (batch i of size/tokens sizes[i]); returns the
     number of updates it made and the batches it trained on."""
     held = [torch.nn.Parameter(torch.zeros(2))]
     seen = []
@@ -83,7 +83,7 @@ def inner_loop(losses, check_every, max_inner_steps, sizes=None):
 
     fake = SimpleNamespace(aggressive=SimpleNamespace(max_inner_steps=max_inner_steps, check_every=check_every,
                                                       decoder_params=held), update=update)
-    done = Trainer.encoder_updates(fake, batch(0), (batch(i) for i in itertools.count(1)))
+    done = Trainer.catch_up_encoder(fake, batch(0), (batch(i) for i in itertools.count(1)))
     assert held[0].requires_grad                    # released afterwards
     return done, seen
 
@@ -128,7 +128,7 @@ def moved(before: list[torch.Tensor], after: list[torch.Tensor], model: torch.nn
 
 def test_each_update_moves_only_the_encoder_or_only_the_decoder_and_all_after_switch_off(tmp_path, mnist_data_dir):
     trainer = Trainer(compose_train_config(*BASE, "objective.aggressive.enabled=true",
-                                           "objective.aggressive.max_inner_steps=4",
+                                           "objective.aggressive.max_inner_steps=6",
                                            "objective.aggressive.check_every=2"), tmp_path, [])
     model = trainer.model
     everything = {n for n, _ in model.named_parameters()}
@@ -144,7 +144,7 @@ def test_each_update_moves_only_the_encoder_or_only_the_decoder_and_all_after_sw
     decoder_steps = [i for i, s in enumerate(steps) if s == everything - encoder]
     assert len(decoder_steps) == trainer.step == 3                  # one decoder update per training step
     inner = [b - a - 1 for a, b in zip([-1] + decoder_steps, decoder_steps)]   # encoder updates before each
-    assert all(2 <= k <= 4 for k in inner)        # a rise is only seen after two windows of 2
+    assert all(k in (4, 6) for k in inner)   # a rise is only seen at the end of a window, from the second on
     assert means["encoder_updates_per_step"] == pytest.approx(sum(inner) / 3)
     assert all(p.requires_grad for p in model.parameters())
 
@@ -162,6 +162,15 @@ def test_fit_records_the_mutual_information_and_the_checkpoint_carries_the_state
     state = torch.load(tmp_path / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)
     assert state["aggressive"]["last_mutual_info"] == trainer.aggressive.last_mutual_info > 0
     assert state["aggressive"]["on"] == trainer.aggressive.on
+    trainer.aggressive.on = False
+    trainer.aggressive.shuffle_gen.manual_seed(123)
+    state["aggressive"]["on"] = True
+    torch.save(state, tmp_path / "checkpoints" / "last.pt")
+    resumed = Trainer(compose_train_config(*BASE, "objective.aggressive.enabled=true",
+                                           "objective.aggressive.max_inner_steps=2", "trainer.resume=true"),
+                      tmp_path, ["trainer.resume=true"])
+    assert resumed.aggressive.on and resumed.aggressive.last_mutual_info == state["aggressive"]["last_mutual_info"]
+    assert torch.equal(resumed.aggressive.shuffle_gen.get_state(), state["aggressive"]["shuffle"])
 
 
 def test_config_errors():
