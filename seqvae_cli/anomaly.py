@@ -20,6 +20,8 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
+from .models import eval_mode
+
 
 def _numpy(a: Any) -> np.ndarray:
     if isinstance(a, torch.Tensor):
@@ -312,10 +314,8 @@ def series_evaluation(model, dm, split: str, metrics: dict, score: str = "neg_el
     if "neg_elbo" not in per:      # a model without a posterior: nothing to score
         return {}
     values = pick_score(per, score).double()
-    was = model.training
-    model.eval()
-    table = _window_table(model, dm, split, limit, batch_size)
-    model.train(was)
+    with eval_mode(model):
+        table = _window_table(model, dm, split, limit, batch_size)
     n = values.numel()
     if table["mse"].numel() != n:
         raise ValueError(f"{split}: {table['mse'].numel()} windows for {n} scores")

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from .errors import SeqvaeError
+from .models import eval_mode
 
 STRATEGIES = ("greedy", "sample", "beam")
 
@@ -27,19 +28,6 @@ class Decoded:
     tokens: torch.Tensor     # [N, L] ids, <eos> included when produced, then <pad>
     lengths: torch.Tensor    # [N] tokens up to and including <eos> (max_len when none was produced)
     log_prob: torch.Tensor   # [N] sum of the model's log-probabilities of those tokens
-
-
-class _eval_mode:
-    """Decode with dropout off, restoring the model's mode afterwards."""
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        self.model, self.was_training = model, model.training
-
-    def __enter__(self):
-        self.model.eval()
-
-    def __exit__(self, *exc):
-        self.model.train(self.was_training)
 
 
 def _start(model, z: torch.Tensor | None, n: int | None):
@@ -79,7 +67,7 @@ def filter_log_probs(log_probs: torch.Tensor, temperature: float = 1.0, top_k: i
 
 @torch.no_grad()
 def _left_to_right(model, z, n, max_len, choose) -> Decoded:
-    with _eval_mode(model):
+    with eval_mode(model):
         n, state, tokens, device = _start(model, z, n)
         out = torch.full((n, max_len), model.pad_id, dtype=torch.long, device=device)
         log_prob = torch.zeros(n, device=device)
@@ -132,7 +120,7 @@ def beam_search(model, z: torch.Tensor | None = None, n: int | None = None, beam
     if beam_width < 1:
         raise SeqvaeError(f"beam_width must be >= 1 (got {beam_width})")
     k = beam_width
-    with _eval_mode(model):
+    with eval_mode(model):
         n, state, _, device = _start(model, z, n)
         state = tuple(s.repeat_interleave(k, dim=1) for s in state)
         zk = z.repeat_interleave(k, dim=0) if z is not None else None
@@ -201,6 +189,6 @@ def homotopy(z_from: torch.Tensor, z_to: torch.Tensor, steps: int) -> torch.Tens
 @torch.no_grad()
 def reconstruct(model, batch: dict, strategy: str = "greedy", max_len: int = 100, **kwargs) -> Decoded:
     """Decode each sentence of a batch from its posterior mean."""
-    with _eval_mode(model):
+    with eval_mode(model):
         mu, _ = model.encode(batch)
     return decode(model, mu, strategy=strategy, max_len=max_len, **kwargs)

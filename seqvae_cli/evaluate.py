@@ -12,7 +12,7 @@ import torch
 from tqdm import tqdm
 
 from .data import Batch, DataModule, batch_limit
-from .models import LatentModel
+from .models import LatentModel, eval_mode
 from .objective import (gaussian_kl, gaussian_log_density, sample_posterior,
                         standard_normal_log_density, LOG_2PI)
 
@@ -62,10 +62,8 @@ def mutual_information(mu: torch.Tensor, logvar: torch.Tensor, chunk: int = 1024
 def split_mutual_information(model: LatentModel, dm: DataModule, split: str,
                              limit: int | float | None = None) -> float:
     """I(x;z) over `split` (mutual_information) from an encoder-only pass: no decoder, no other metric."""
-    was_training = model.training
-    model.eval()
-    posteriors = [model.encode(batch) for batch in dm.eval_batches(split, None, limit)]
-    model.train(was_training)
+    with eval_mode(model):
+        posteriors = [model.encode(batch) for batch in dm.eval_batches(split, None, limit)]
     return mutual_information(torch.cat([mu for mu, _ in posteriors]), torch.cat([lv for _, lv in posteriors]))
 
 
@@ -88,9 +86,7 @@ def evaluate(model: LatentModel, dm: DataModule, split: str, iw_samples: int = 0
     Time series (dm.kind == "series") add anomaly.series_evaluation's metrics: reconstruction MSE, and
     AUROC/AUPRC/best F1 of the per-example `score` (neg_elbo | rec | iw_nll); with out_dir, its CSV files.
     iw_bf16: the IW-NLL's decoder passes in bfloat16 autocast (`seqvae eval iw_precision=bf16-mixed`)."""
-    was_training = model.training
     rows_per_chunk = rows_per_chunk or dm.iw_rows_per_chunk
-    model.eval()
     sums = {"rec": 0.0, "kl": 0.0, "iw_ll": 0.0}
     n, tokens = 0, 0
     mus, logvars, kl_dims = [], [], []
@@ -99,34 +95,34 @@ def evaluate(model: LatentModel, dm: DataModule, split: str, iw_samples: int = 0
     if progress:
         total = batch_limit(limit, math.ceil(dm.num_examples(split) / (batch_size or dm.eval_batch_size)))
         batches = tqdm(batches, total=total, desc=f"eval {split}", leave=False)
-    for batch in batches:
-        n += batch["x"].shape[0]
-        if "lengths" in batch:  # text: tokens counted for perplexity (each sentence's </eos>, never <sos>)
-            tokens += int(batch["lengths"].sum())
-        if model.latent_dim == 0:
-            ll = model.log_likelihood(batch, None)[0]
+    with eval_mode(model):
+        for batch in batches:
+            n += batch["x"].shape[0]
+            if "lengths" in batch:  # text: tokens counted for perplexity (each sentence's </eos>, never <sos>)
+                tokens += int(batch["lengths"].sum())
+            if model.latent_dim == 0:
+                ll = model.log_likelihood(batch, None)[0]
+                sums["rec"] += float(ll.sum())
+                per["rec"].append(-ll)
+                continue
+            mu, logvar = model.encode(batch)
+            if model.variational:
+                z = sample_posterior(mu, logvar, 1)
+                kl = gaussian_kl(mu, logvar)
+                sums["kl"] += float(kl.sum())
+                per["kl"].append(kl.sum(1))
+                kl_dims.append(kl.sum(0))
+                mus.append(mu), logvars.append(logvar)
+                if iw_samples > 0:
+                    iw_ll = iw_log_likelihood(model, batch, iw_samples, rows_per_chunk, mu, logvar, iw_bf16)
+                    sums["iw_ll"] += float(iw_ll.sum())
+                    per["iw_nll"].append(-iw_ll)
+            else:
+                z = mu.unsqueeze(0)
+                mus.append(mu)
+            ll = model.log_likelihood(batch, z)[0]
             sums["rec"] += float(ll.sum())
             per["rec"].append(-ll)
-            continue
-        mu, logvar = model.encode(batch)
-        if model.variational:
-            z = sample_posterior(mu, logvar, 1)
-            kl = gaussian_kl(mu, logvar)
-            sums["kl"] += float(kl.sum())
-            per["kl"].append(kl.sum(1))
-            kl_dims.append(kl.sum(0))
-            mus.append(mu), logvars.append(logvar)
-            if iw_samples > 0:
-                iw_ll = iw_log_likelihood(model, batch, iw_samples, rows_per_chunk, mu, logvar, iw_bf16)
-                sums["iw_ll"] += float(iw_ll.sum())
-                per["iw_nll"].append(-iw_ll)
-        else:
-            z = mu.unsqueeze(0)
-            mus.append(mu)
-        ll = model.log_likelihood(batch, z)[0]
-        sums["rec"] += float(ll.sum())
-        per["rec"].append(-ll)
-    model.train(was_training)
     out: dict = {"split": split, "num_examples": n, "rec": -sums["rec"] / n}
     out["_per_example"] = {k: torch.cat(v).cpu() for k, v in per.items() if v}
     if "kl" in out["_per_example"]:

@@ -12,7 +12,9 @@ Interface every model implements (the trainer, evaluator and sampler use nothing
 """
 from __future__ import annotations
 
+import contextlib
 import math
+from typing import Iterator
 
 import torch
 from torch import nn
@@ -20,6 +22,17 @@ from torch.nn import functional as F
 
 from .data import Batch
 from .errors import SeqvaeError
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """Run the body with dropout off (model.eval()) and give the model back in the mode it had, even on error."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
 
 
 class _ELUFunction(torch.autograd.Function):

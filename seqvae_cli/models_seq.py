@@ -34,7 +34,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from .data import Batch
 from .errors import SeqvaeError
-from .models import LatentModel
+from .models import LatentModel, eval_mode
 
 RNNS = {"lstm": nn.LSTM, "gru": nn.GRU}
 Z_CONDITIONING = ("init", "concat", "both")
@@ -657,24 +657,22 @@ class SeriesLSTMVAE(LatentModel):
         if self.series_decoder == "repeat" and p + horizon > self.seq_len:
             raise SeqvaeError(f"the repeat decoder forecasts inside its window only: prefix {p} + horizon {horizon} "
                               f"> seq_len {self.seq_len}; shorten them (or use model.series_decoder=autoregressive)")
-        was = self.training
-        self.eval()
-        mu, logvar = self.encode({"x": prefix})
-        eps = _randn((num_samples, b, self.latent_dim), generator, mu)
-        z = (mu + eps * (0.5 * logvar).exp()).reshape(num_samples * b, -1)   # row n*B + i: sample n of prefix i
-        if self.series_decoder == "repeat":
-            mean, log_std = self._decode_full(z)
-            mean = mean[:, p:p + horizon]
-            if noise:
-                log_std = log_std[:, p:p + horizon] if log_std.dim() == 3 else log_std
-                mean = mean + log_std.exp() * _randn(tuple(mean.shape), generator, mean)
-            out = mean
-        else:
-            observed = prefix.repeat(num_samples, 1, 1)
-            teacher = torch.cat([torch.zeros_like(observed[:, :1]), observed[:, :-1]], dim=1)
-            _, state = self.decoder.forward_full(self.decoder_proj(teacher), z)
-            out = self._roll_out(z, state, observed[:, -1], horizon, noise, generator)
-        self.train(was)
+        with eval_mode(self):
+            mu, logvar = self.encode({"x": prefix})
+            eps = _randn((num_samples, b, self.latent_dim), generator, mu)
+            z = (mu + eps * (0.5 * logvar).exp()).reshape(num_samples * b, -1)   # row n*B + i: sample n of prefix i
+            if self.series_decoder == "repeat":
+                mean, log_std = self._decode_full(z)
+                mean = mean[:, p:p + horizon]
+                if noise:
+                    log_std = log_std[:, p:p + horizon] if log_std.dim() == 3 else log_std
+                    mean = mean + log_std.exp() * _randn(tuple(mean.shape), generator, mean)
+                out = mean
+            else:
+                observed = prefix.repeat(num_samples, 1, 1)
+                teacher = torch.cat([torch.zeros_like(observed[:, :1]), observed[:, :-1]], dim=1)
+                _, state = self.decoder.forward_full(self.decoder_proj(teacher), z)
+                out = self._roll_out(z, state, observed[:, -1], horizon, noise, generator)
         return out.reshape(num_samples, b, horizon, c)
 
 

@@ -30,7 +30,7 @@ from .config import is_bf16, metric_mode, override_keys, setup_device
 from .data import Batch
 from .errors import SeqvaeError
 from .evaluate import evaluate, public, split_mutual_information
-from .models import LatentModel
+from .models import LatentModel, eval_mode
 from .objective import Objective, Terms
 
 log = logging.getLogger("seqvae")
@@ -223,18 +223,14 @@ def split_encoder_decoder(model: LatentModel, objective: Objective,
     """(encoder-only, all other) trainable parameters, found by what the gradients reach on one batch: the
     encoder's are those q(z|x) depends on and neither log p(x|z) nor the auxiliary loss does at a fixed z."""
     params = [p for p in model.parameters() if p.requires_grad]
-    was_training = model.training
-    model.eval()  # no dropout: which parameters are reached does not depend on it, and no RNG is drawn
-    try:
-        # cuDNN refuses an RNN backward in eval mode; the native kernels reach the same parameters.
-        with torch.enable_grad(), torch.backends.cudnn.flags(enabled=False):
-            mu, logvar = model.encode(batch)
-            reached_by_q = torch.autograd.grad(mu.sum() + logvar.sum(), params, allow_unused=True)
-            z = mu.detach().unsqueeze(0)
-            decoder_side = model.log_likelihood(batch, z).sum() + objective.aux_loss(model, batch, z[0]).sum()
-            reached_by_p = torch.autograd.grad(decoder_side, params, allow_unused=True)
-    finally:
-        model.train(was_training)
+    # Eval mode: no dropout, so which parameters are reached does not depend on it, and no RNG is drawn.
+    # cuDNN refuses an RNN backward in eval mode; the native kernels reach the same parameters.
+    with eval_mode(model), torch.enable_grad(), torch.backends.cudnn.flags(enabled=False):
+        mu, logvar = model.encode(batch)
+        reached_by_q = torch.autograd.grad(mu.sum() + logvar.sum(), params, allow_unused=True)
+        z = mu.detach().unsqueeze(0)
+        decoder_side = model.log_likelihood(batch, z).sum() + objective.aux_loss(model, batch, z[0]).sum()
+        reached_by_p = torch.autograd.grad(decoder_side, params, allow_unused=True)
     encoder = [p for p, gq, gp in zip(params, reached_by_q, reached_by_p) if gq is not None and gp is None]
     ids = {id(p) for p in encoder}
     return encoder, [p for p in params if id(p) not in ids]

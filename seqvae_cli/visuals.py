@@ -12,7 +12,7 @@ from torch.utils.tensorboard import SummaryWriter
 from torchvision.utils import make_grid, save_image
 
 from .data import DataModule
-from .models import LatentModel
+from .models import LatentModel, eval_mode
 
 
 def _fixed_normal(shape: tuple, device: torch.device, seed: int = 1234) -> torch.Tensor:
@@ -133,11 +133,9 @@ def during_training(model: LatentModel, dm: DataModule, writer: SummaryWriter, s
         return visuals_series.during_training(model, dm, writer, step)
     if dm.kind != "image" or model.latent_dim == 0:
         return
-    was = model.training
-    model.eval()
-    _save_and_log(image_reconstructions(model, dm), 8, None, writer, "images/reconstructions", step)
-    _save_and_log(image_prior_samples(model, dm), 8, None, writer, "images/prior_samples", step)
-    model.train(was)
+    with eval_mode(model):
+        _save_and_log(image_reconstructions(model, dm), 8, None, writer, "images/reconstructions", step)
+        _save_and_log(image_prior_samples(model, dm), 8, None, writer, "images/prior_samples", step)
 
 
 def end_of_training(model: LatentModel, dm: DataModule, out_dir: Path, writer: SummaryWriter, step: int) -> None:

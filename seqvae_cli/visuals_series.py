@@ -19,6 +19,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 from .anomaly import dominant_period, last_value_forecast, pick_score, seasonal_naive_forecast
 from .errors import SeqvaeError
+from .models import eval_mode
 
 MAX_SERIES_PLOTS = 4      # windowed data: at most this many series in anomaly_scores.png
 MAX_FORECAST_PLOTS = 3    # forecasts: windows drawn (all `forecast_windows` are scored)
@@ -298,10 +299,8 @@ def during_training(model, dm, writer: SummaryWriter, step: int) -> None:
     """At each validation: inputs and reconstructions of 8 validation sequences, to TensorBoard."""
     if model.latent_dim == 0:
         return
-    was = model.training
-    model.eval()
-    _save(reconstruction_figure(model, dm, "val", 8), None, writer, "series/reconstructions", step)
-    model.train(was)
+    with eval_mode(model):
+        _save(reconstruction_figure(model, dm, "val", 8), None, writer, "series/reconstructions", step)
 
 
 def forecast_with_scores(model, dm, cfg, out_dir: Path):

@@ -10,6 +10,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 from .decoding import decode, homotopy, to_text
 from .data import read_text_file
+from .models import eval_mode
 
 
 def _markdown(lines: list[str]) -> str:
@@ -50,17 +51,15 @@ def _some_sentences(dm, split: str, n: int) -> list[str]:
 
 
 def during_training(model, dm, writer: SummaryWriter, step: int) -> None:
-    was = model.training
-    model.eval()
-    # Without a latent, greedy decoding gives one sentence five times: sample instead.
-    lines = prior_sentences(model, dm, 5, seed=1234, strategy="greedy" if model.latent_dim else "sample")
-    writer.add_text("text/prior_samples", _markdown(lines), step)
-    if model.latent_dim > 0:
-        inputs = _some_sentences(dm, "val", 5)
-        outputs = reconstructions(model, dm, inputs)
-        writer.add_text("text/reconstructions",
-                        _markdown([f"in : {a}\nout: {b}" for a, b in zip(inputs, outputs)]), step)
-    model.train(was)
+    with eval_mode(model):
+        # Without a latent, greedy decoding gives one sentence five times: sample instead.
+        lines = prior_sentences(model, dm, 5, seed=1234, strategy="greedy" if model.latent_dim else "sample")
+        writer.add_text("text/prior_samples", _markdown(lines), step)
+        if model.latent_dim > 0:
+            inputs = _some_sentences(dm, "val", 5)
+            outputs = reconstructions(model, dm, inputs)
+            writer.add_text("text/reconstructions",
+                            _markdown([f"in : {a}\nout: {b}" for a, b in zip(inputs, outputs)]), step)
 
 
 def given_sentences(cfg) -> list[str]:

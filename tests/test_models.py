@@ -8,7 +8,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 from seqvae_cli.config import register_resolvers
-from seqvae_cli.models import ELU, MLPAutoencoder, MLPVAE, bernoulli_log_prob
+from seqvae_cli.models import ELU, MLPAutoencoder, MLPVAE, bernoulli_log_prob, eval_mode
 
 from conftest import CONF_DIR
 
@@ -156,3 +156,18 @@ def test_elu_models_use_the_fast_elu():
     assert any(isinstance(m, ELU) for m in model.encoder.modules())
     assert any(isinstance(m, ELU) for m in model.decoder.modules())
     assert not any(isinstance(m, torch.nn.ELU) for m in model.modules())
+
+
+@pytest.mark.parametrize("was_training", [True, False])
+def test_eval_mode_turns_dropout_off_and_gives_the_mode_back_even_after_an_error(was_training):
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Dropout(0.5))
+    model.train(was_training)
+    x = torch.ones(64, 4)
+    with eval_mode(model):
+        assert not model.training and not model[1].training
+        assert torch.equal(model(x), model(x))  # no dropout mask drawn
+    assert model.training == was_training and model[1].training == was_training
+    with pytest.raises(RuntimeError, match="boom"):
+        with eval_mode(model):
+            raise RuntimeError("boom")
+    assert model.training == was_training and model[1].training == was_training
