@@ -113,8 +113,13 @@ def find_resume_state(cfg: DictConfig, run_dir: Path) -> tuple[dict | None, Path
         return None, None
     path = last if resume is True else Path(resume)
     if resume is True and not path.exists():
-        raise SeqvaeError(f"trainer.resume=true but {path} does not exist; pass run_dir=<the run to continue> "
-                          f"(a folder with checkpoints/last.pt) or trainer.resume=<path/to/checkpoint.pt>")
+        if cfg.get("run_dir") is None:
+            raise SeqvaeError("trainer.resume=true needs the run to continue: pass run_dir=<the run's folder> "
+                              "(it holds checkpoints/last.pt) or trainer.resume=<path/to/checkpoint.pt>")
+        # The folder exists (e.g. the run was killed in its first epoch) or is mistyped: either way nothing to load.
+        raise SeqvaeError(f"trainer.resume=true but {path} does not exist: {run_dir} has no checkpoint yet "
+                          f"(last.pt is written at the end of each epoch). Start it afresh without "
+                          f"trainer.resume=true (run_dir={run_dir} may stay), or check the run_dir")
     return load_checkpoint(path), path
 
 

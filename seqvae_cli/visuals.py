@@ -13,6 +13,7 @@ from torchvision.utils import make_grid, save_image
 
 from .data import DataModule
 from .models import LatentModel, eval_mode
+from .objective import gaussian_kl
 
 
 def _fixed_normal(shape: tuple, device: torch.device, seed: int = 1234) -> torch.Tensor:
@@ -58,16 +59,18 @@ def image_interpolation(model: LatentModel, dm: DataModule, steps: int = 10, spl
 
 @torch.no_grad()
 def image_traversal(model: LatentModel, dm: DataModule, span: float = 3.0, steps: int = 9,
-                    split: str = "test", max_dims: int = 32) -> torch.Tensor:
-    """One row per latent dimension: vary it over [-span, span] around a test image's code, others fixed."""
-    x = _first_batch(dm, split, 1)["x"]
-    mu, _ = model.encode({"x": x})
-    dims = min(model.latent_dim, max_dims)
+                    split: str = "test", max_dims: int | None = None) -> torch.Tensor:
+    """One row per latent dimension: vary it over [-span, span] around the code of `split`'s first image, the
+    others fixed. Rows go from the dimension with the largest mean KL over the split's first batch down (the
+    inactive ones, whose rows barely change, come last); max_dims keeps only that many rows (None = all)."""
+    batch = _first_batch(dm, split, dm.eval_batch_size)
+    mu, logvar = model.encode(batch)
+    order = gaussian_kl(mu, logvar).mean(0).argsort(descending=True)[:max_dims]
     values = torch.linspace(-span, span, steps, device=mu.device)
-    z = mu.repeat(dims * steps, 1).view(dims, steps, -1)
-    for d in range(dims):
-        z[d, :, d] = values
-    return _as_images(model.decode_mean(z.reshape(dims * steps, -1)), dm)
+    z = mu[:1].repeat(len(order) * steps, 1).view(len(order), steps, -1)
+    for row, d in enumerate(order.tolist()):
+        z[row, :, d] = values
+    return _as_images(model.decode_mean(z.reshape(len(order) * steps, -1)), dm)
 
 
 @torch.no_grad()
@@ -155,7 +158,8 @@ def sample_images(model: LatentModel, dm: DataModule, cfg, out_dir: Path, writer
         ("prior_samples", image_prior_samples(model, dm, cfg.num_samples, seed=cfg.seed), 8),
         ("reconstructions", image_reconstructions(model, dm, cfg.num_reconstructions, cfg.split), 8),
         ("interpolation", image_interpolation(model, dm, cfg.interpolation_steps, cfg.split), cfg.interpolation_steps),
-        ("traversal", image_traversal(model, dm, cfg.traversal_range, cfg.traversal_steps, cfg.split),
+        ("traversal", image_traversal(model, dm, cfg.traversal_range, cfg.traversal_steps, cfg.split,
+                                      cfg.traversal_dims),
          cfg.traversal_steps),
     ]
     if model.latent_dim == 2:

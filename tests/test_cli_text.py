@@ -16,11 +16,10 @@ import torch
 from tensorboard.backend.event_processing import event_accumulator as ea
 from tensorboard.util import tensor_util
 
-from conftest import (DATA_DIR, SMOKE_ARGS, Run, assert_one_error_line, clone_run, describe, run_seqvae,
-                      seqvae_env, train)
+from conftest import (DATA_DIR, SMOKE_ARGS, Run, assert_one_error_line, clone_run, describe, real_data,
+                      run_seqvae, seqvae_env, train)
 from test_resume import kill_then_resume, load_state
 
-PTB_FILES = ("ptb.train.txt", "ptb.valid.txt", "ptb.test.txt")
 SPECIALS = ["<pad>", "<unk>", "<sos>", "<eos>"]
 PTB_VOCAB = 10002
 
@@ -41,12 +40,8 @@ def sentences_override(sentences) -> str:
 @pytest.fixture(scope="session")
 def ptb_data_dir():
     """The absolute data root holding ptb/ptb.{train,valid,test}.txt; tests on real PTB need it."""
-    if DATA_DIR is None:
-        pytest.skip("SEQVAE_DATA_DIR is not set: it must point to the folder holding ptb/")
-    missing = [f for f in PTB_FILES if not (DATA_DIR / "ptb" / f).is_file()]
-    if missing:
-        pytest.fail(f"SEQVAE_DATA_DIR={DATA_DIR} does not hold ptb/{{{','.join(missing)}}}")
-    return DATA_DIR
+    from seqvae_cli.data_text import find_or_download_ptb
+    return real_data(lambda: find_or_download_ptb(DATA_DIR / "ptb", download=True), "Penn Treebank")
 
 
 @pytest.fixture(scope="module")

@@ -93,7 +93,12 @@ def test_resume_without_checkpoints(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     proc = run_seqvae(["train", *SMOKE_ARGS, f"run_dir={run}", "trainer.resume=true"], cwd=tmp_path)
-    assert_one_error_line(proc, "trainer.resume=true", "last.pt")
+    assert_one_error_line(proc, "trainer.resume=true", "last.pt", "no checkpoint yet", "afresh")
+
+
+def test_resume_without_a_run_dir_asks_for_one(tmp_path):
+    proc = run_seqvae(["train", *SMOKE_ARGS, "trainer.resume=true"], cwd=tmp_path)
+    assert_one_error_line(proc, "trainer.resume=true", "run_dir=")
 
 
 def test_fresh_run_into_a_used_run_dir(smoke_run, tmp_path):

@@ -171,3 +171,36 @@ def test_eval_mode_turns_dropout_off_and_gives_the_mode_back_even_after_an_error
         with eval_mode(model):
             raise RuntimeError("boom")
     assert model.training == was_training and model[1].training == was_training
+
+
+class _CodeImages:
+    """A stand-in image model whose 'image' is its code: shows which latent dimension each traversal row moves."""
+    latent_dim = 3
+
+    def encode(self, batch):
+        mu = torch.tensor([[0.1, 2.0, 0.5]]).expand(batch["x"].shape[0], 3)   # KL per dim: 0.005, 2, 0.125
+        return mu, torch.zeros_like(mu)
+
+    def decode_mean(self, z):
+        return 0.5 + 0.1 * z
+
+
+class _OneBatch:
+    eval_batch_size = 4
+    image_shape = (1, 1, 3)
+
+    def eval_batches(self, split, batch_size=None, limit=None):
+        yield {"x": torch.zeros(batch_size or self.eval_batch_size, 3)}
+
+
+@pytest.mark.parametrize("max_dims,rows", [(None, [1, 2, 0]), (2, [1, 2])])
+def test_traversal_rows_go_from_the_most_informative_dimension_down(max_dims, rows):
+    from seqvae_cli.visuals import image_traversal
+    steps = 5
+    images = image_traversal(_CodeImages(), _OneBatch(), span=1.0, steps=steps, max_dims=max_dims)
+    assert images.shape == (len(rows) * steps, 1, 1, 3)
+    codes = images.reshape(len(rows), steps, 3)
+    for row, dim in enumerate(rows):
+        moving = (codes[row].amax(0) - codes[row].amin(0)) > 1e-6
+        assert moving.tolist() == [d == dim for d in range(3)]
+        assert torch.allclose(codes[row, :, dim], 0.5 + 0.1 * torch.linspace(-1, 1, steps))

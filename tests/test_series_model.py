@@ -332,7 +332,7 @@ def check_eval(run_dir: Path, anomalies: bool = True) -> dict:
     return test
 
 
-@pytest.mark.skipif(DATA_DIR is None or not (DATA_DIR / "ECG5000" / "ECG5000_TRAIN.tsv").is_file(),
+@pytest.mark.skipif(not (DATA_DIR / "ECG5000" / "ECG5000_TRAIN.tsv").is_file(),
                     reason="ECG5000 is not under $SEQVAE_DATA_DIR")
 def test_cli_train_eval_sample_on_ecg5000(tmp_path):
     run_dir = tmp_path / "ecg"

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +19,8 @@ from seqvae_cli.anomaly import (auprc, auroc, best_f1, last_value_forecast, roll
 from seqvae_cli.data_series import (CSVData, ECG5000Data, NABData, SinesData, sliding_windows, window_labels,
                                     window_scores_to_timestamps, window_starts)
 from seqvae_cli.errors import SeqvaeError
+
+from conftest import DATA_DIR
 
 CPU = torch.device("cpu")
 
@@ -523,13 +524,9 @@ def test_rolling_zscore_and_forecast_baselines():
 # ------------------------------------------------------------------------------------- real data
 
 def real_data_dir(folder: str) -> Path:
-    raw = os.environ.get("SEQVAE_DATA_DIR")
-    if not raw:
-        pytest.skip("SEQVAE_DATA_DIR is not set: it must point to the folder holding ECG5000/ and NAB/")
-    root = Path(raw).expanduser().resolve()
-    if not (root / folder).is_dir():
-        pytest.skip(f"{root / folder} is missing (SEQVAE_DATA_DIR={raw})")
-    return root
+    if not (DATA_DIR / folder).is_dir():
+        pytest.skip(f"{DATA_DIR / folder} is missing ($SEQVAE_DATA_DIR, else ./data)")
+    return DATA_DIR
 
 
 def test_real_ecg5000_protocol_sizes():
