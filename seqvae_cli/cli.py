@@ -171,6 +171,63 @@ class LazyWriter:
 
 APPS = {"train": train_app, "eval": eval_app, "sample": sample_app}
 
+# Flags that change which config Hydra composes, or print help instead: the pre-check below stands aside.
+_CONFIG_FLAGS = ("-h", "--help", "--hydra-help", "-cn", "--config-name", "-cp", "--config-path", "-cd",
+                 "--config-dir", "--info", "--shell-completion", "-sc", "--experimental-rerun")
+_MAX_JOBS_CHECKED = 64
+
+
+def check_overrides(verb: str, args: list[str]) -> None:
+    """Compose the config as Hydra is about to, each job of a sweep too, and turn an unknown group option or key
+    into one SeqvaeError line that lists what exists (Hydra's own report spans lines and suggests `+key=`, which
+    adds a key nothing reads). Anything this check cannot judge (optuna ranges, other failures) is left to Hydra."""
+    from hydra import compose, initialize_config_dir
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import ConfigCompositionException, HydraException, MissingConfigException
+
+    if any(a.split("=", 1)[0] in _CONFIG_FLAGS for a in args):
+        return
+    overrides, skip_next = [], False
+    for a in args:
+        if skip_next:
+            skip_next = False
+        elif a in ("-c", "--cfg", "-p", "--package"):
+            skip_next = True   # the flag's value
+        elif not a.startswith("-"):
+            overrides.append(a)
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+        discrete = [o for o in parsed if not o.is_sweep_override() or o.is_discrete_sweep()]
+        jobs = BasicSweeper.split_arguments(discrete, None)[0] if discrete else [[]]
+    except HydraException:
+        return   # a syntax error: Hydra reports it with its position
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        for job in jobs[:_MAX_JOBS_CHECKED]:
+            try:
+                compose(verb, overrides=job, return_hydra_config=True)
+            except MissingConfigException as exc:
+                group, _, option = (exc.missing_cfg_file or "").rpartition("/")
+                if not exc.options:
+                    return
+                raise SeqvaeError(f"{group}={option}: no such option in config group '{group}'; choose one of "
+                                  f"{', '.join(exc.options)}") from None
+            except ConfigCompositionException as exc:
+                key = next((o.key_or_group for o in parsed if f"'{o.key_or_group}'" in str(exc)), None)
+                if key is None:
+                    return
+                rest = [o for o in job if o.split("=", 1)[0].lstrip("+~") != key]
+                parent, _, leaf = key.rpartition(".")
+                try:
+                    node = compose(verb, overrides=rest).get(parent) if parent else compose(verb, overrides=rest)
+                except Exception:
+                    return
+                known = ", ".join(sorted(str(k) for k in node.keys())) if hasattr(node, "keys") else ""
+                where = f"in '{parent}'" if parent else "at the top level"
+                raise SeqvaeError(f"{key}: no such key{' ' + where if known else ''}"
+                                  f"{'; its keys are ' + known if known else ''} (check the spelling; "
+                                  f"`seqvae {verb} --cfg job` prints the whole config)") from None
+
 
 def main() -> None:
     args = sys.argv[1:]
@@ -184,6 +241,11 @@ def main() -> None:
     if verb not in APPS:
         print(f"seqvae: error: unknown verb {verb!r}; expected one of train, eval, sample, report "
               f"(seqvae --help lists them)", file=sys.stderr)
+        sys.exit(2)
+    try:
+        check_overrides(verb, rest)
+    except SeqvaeError as exc:
+        print(f"seqvae: error: {exc}", file=sys.stderr)
         sys.exit(2)
     sys.argv = [f"seqvae-{verb}"] + rest
     APPS[verb]()

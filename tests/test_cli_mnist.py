@@ -15,7 +15,7 @@ from PIL import Image
 from tensorboard.backend.event_processing import event_accumulator as ea
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-from conftest import (SAMPLE_FILES, assert_one_error_line, check_pictures, clone_run, describe, run_seqvae,
+from conftest import (CONF_DIR, SAMPLE_FILES, assert_one_error_line, check_pictures, clone_run, describe, run_seqvae,
                       seqvae_env)
 
 METRIC_KEYS = ("neg_elbo", "rec", "kl", "iw_nll", "active_units", "mutual_info")
@@ -201,6 +201,19 @@ def test_train_help_lists_the_config_groups(tmp_path):
         assert re.search(rf"^{group}: ", proc.stdout, re.M), group
     assert re.search(r"^model: .*\bae\b.*\bmlp_vae\b", proc.stdout, re.M)
     assert re.search(r"^experiment: .*mnist_iwae.*mnist_nll.*mnist_pe", proc.stdout, re.M)
+
+
+
+@pytest.mark.parametrize("verb", ["eval", "sample"])
+def test_eval_and_sample_help_list_only_the_groups_they_take(tmp_path, verb):
+    proc = run_seqvae([verb, "--help"], cwd=tmp_path)
+    assert proc.returncode == 0, describe(proc)
+    devices = sorted(p.stem for p in (CONF_DIR / "device").glob("*.yaml"))
+    assert re.search(rf"^device: {', '.join(devices)}$", proc.stdout, re.M), proc.stdout
+    assert re.search(r"^paths: default$", proc.stdout, re.M)
+    for group in ("model", "data", "objective", "optim", "trainer", "experiment"):
+        assert not re.search(rf"^{group}: ", proc.stdout, re.M), group
+    assert re.search(r"^checkpoint: best$", proc.stdout, re.M)   # the verb's own config follows
 
 
 def test_the_autoencoder_baseline_trains_and_selects_by_reconstruction(tmp_path, mnist_data_dir):
