@@ -13,21 +13,52 @@ import yaml
 from .config import metric_mode
 
 
+NO_METRICS = "no metrics.json: failed or still running"
+
+
+def _job_key(job: Path) -> tuple:
+    return (0, int(job.name), "") if job.name.isdigit() else (1, 0, job.name)   # 2 before 10
+
+
 def collect(sweep_dir: Path) -> list[dict]:
+    """One row per job folder (one with .hydra/ or metrics.json): its overrides, optimised metric and value, best
+    epoch and test metrics; a job without metrics.json (it failed, or is still running) gets a row saying so."""
+    jobs = {p.parent.parent for p in sweep_dir.glob("*/.hydra/overrides.yaml")}
+    jobs |= {p.parent for p in sweep_dir.glob("*/metrics.json")}
     rows = []
-    for metrics_file in sorted(sweep_dir.glob("*/metrics.json")):
-        job = metrics_file.parent
+    for job in sorted(jobs, key=_job_key):
         overrides_file = job / ".hydra" / "overrides.yaml"
         overrides = yaml.safe_load(overrides_file.read_text()) if overrides_file.exists() else []
+        row = {"job": job.name, "overrides": " ".join(o for o in overrides or [] if not o.startswith("hydra"))}
+        metrics_file = job / "metrics.json"
+        if not metrics_file.exists():
+            rows.append({**row, "status": NO_METRICS})
+            continue
         metrics = json.loads(metrics_file.read_text())
-        row = {"job": job.name, "overrides": " ".join(o for o in overrides or [] if not o.startswith("hydra")),
-               metrics["optimized_metric"]: metrics["optimized_value"], "best_epoch": metrics["best_epoch"],
-               "_mode": metrics.get("optimized_mode") or metric_mode(metrics["optimized_metric"])}
+        metric = metrics["optimized_metric"]
+        row.update({"status": "done", metric: metrics["optimized_value"], "best_epoch": metrics["best_epoch"],
+                    "_metric": metric, "_mode": metrics.get("optimized_mode") or metric_mode(metric)})
         for key, value in metrics.get("test", {}).items():
             if isinstance(value, (int, float)) and key != "num_examples":
                 row[f"test/{key}"] = value
         rows.append(row)
     return rows
+
+
+def rank(rows: list[dict]) -> list[str]:
+    """Sort rows best first, in place, and return the optimised metrics in the order their jobs come. Jobs that
+    optimised different metrics (e.g. model=ae,mlp_vae: val/rec and val/neg_elbo) cannot be compared, so they
+    are ranked within each metric, groups in order of first appearance; jobs without a finite value come last."""
+    metrics = list(dict.fromkeys(r["_metric"] for r in rows if "_metric" in r))
+
+    def key(row: dict) -> tuple:
+        value = row.get(row.get("_metric", ""))
+        if not (isinstance(value, (int, float)) and math.isfinite(value)):
+            return (True, 0, 0.0)
+        return (False, metrics.index(row["_metric"]), -value if row["_mode"] == "max" else value)
+
+    rows.sort(key=key)
+    return metrics
 
 
 def main(argv: list[str]) -> int:
@@ -41,19 +72,10 @@ def main(argv: list[str]) -> int:
         return 2
     rows = collect(args.sweep_dir)
     if not rows:
-        print(f"seqvae: error: no job in {args.sweep_dir} has a metrics.json "
-              f"(expected {args.sweep_dir}/N/metrics.json); "
-              f"did the sweep finish?", file=sys.stderr)
+        print(f"seqvae: error: {args.sweep_dir} holds no job folder (expected {args.sweep_dir}/N/ with .hydra/ "
+              f"and metrics.json); pass the multirun directory of a `seqvae train -m ...` sweep", file=sys.stderr)
         return 2
-    metric = next(k for k in rows[0] if "/" in k and not k.startswith("test/"))
-    sign = -1.0 if rows[0]["_mode"] == "max" else 1.0
-
-    def rank(row: dict) -> tuple[bool, float]:
-        value = row.get(metric)
-        ok = isinstance(value, (int, float)) and math.isfinite(value)
-        return (not ok, sign * value if ok else 0.0)   # failed jobs (no value, inf, nan) last
-
-    rows.sort(key=rank)
+    metrics = rank(rows)
     columns = list(dict.fromkeys(k for r in rows for k in r if not k.startswith("_")))
     cells = [[_fmt(r.get(c, "")) for c in columns] for r in rows]
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
@@ -65,7 +87,16 @@ def main(argv: list[str]) -> int:
         writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
-    print(f"written: {out} (sorted by {metric}, {'higher' if sign < 0 else 'lower'} is better)")
+    modes = {r["_metric"]: r["_mode"] for r in reversed(rows) if "_metric" in r}
+    order = "; ".join(f"{m}, {'higher' if modes[m] == 'max' else 'lower'} is better" for m in metrics)
+    print(f"written: {out} (sorted by {order or 'nothing: no job finished'})")
+    unfinished = sum(r["status"] == NO_METRICS for r in rows)
+    if unfinished:
+        print(f"seqvae: warning: {unfinished} of {len(rows)} jobs have {NO_METRICS} (their train.log says which)",
+              file=sys.stderr)
+    if len(metrics) > 1:
+        print(f"seqvae: warning: the jobs optimised different metrics ({', '.join(metrics)}), which cannot be "
+              f"compared; each group is ranked on its own", file=sys.stderr)
     return 0
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import pytest
 
@@ -58,6 +59,49 @@ def test_report_errors_go_to_stderr(tmp_path):
     proc = run_seqvae(["report", str(folder)], cwd=tmp_path)
     assert proc.returncode == 2
     assert proc.stderr.startswith("seqvae: error:") and str(folder) in proc.stderr, describe(proc)
+
+
+def write_job(sweep: Path, name: str, overrides: list[str], metric: str | None = None, value: float = 0.0,
+              mode: str = "min") -> None:
+    """A job folder as `seqvae train -m` leaves it: .hydra/overrides.yaml, and metrics.json once it finished."""
+    (sweep / name / ".hydra").mkdir(parents=True)
+    (sweep / name / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
+    if metric is not None:
+        (sweep / name / "metrics.json").write_text(json.dumps({
+            "optimized_metric": metric, "optimized_mode": mode, "optimized_value": value, "best_epoch": 3,
+            "test": {"neg_elbo": value + 1.0, "num_examples": 10}}))
+
+
+def test_report_lists_unfinished_jobs_last_and_ranks_mixed_metrics_within_each(tmp_path, capsys):
+    from seqvae_cli.report import NO_METRICS, main as report_main
+    sweep = tmp_path / "sweep"
+    write_job(sweep, "0", ["model=mlp_vae", "model.latent_dim=2"], "val/neg_elbo", 101.0)
+    write_job(sweep, "1", ["model=ae", "model.latent_dim=2"], "val/rec", 60.0)
+    write_job(sweep, "2", ["model=mlp_vae", "model.latent_dim=10"])                  # failed: no metrics.json
+    write_job(sweep, "10", ["model=mlp_vae", "model.latent_dim=20"], "val/neg_elbo", 95.0)
+    write_job(sweep, "11", ["model=ae", "model.latent_dim=20"], "val/rec", 55.0)
+    assert report_main([str(sweep)]) == 0
+    out, err = capsys.readouterr()
+    with open(sweep / "report.csv", newline="") as f:
+        table = list(csv.DictReader(f))
+    # val/neg_elbo's jobs first (it appears first), best first, then val/rec's, then the job that never finished
+    assert [r["job"] for r in table] == ["10", "0", "11", "1", "2"]
+    assert table[-1]["status"] == NO_METRICS and table[-1]["overrides"] == "model=mlp_vae model.latent_dim=10"
+    assert table[0]["val/neg_elbo"] == "95.0" and table[2]["val/rec"] == "55.0" and table[2]["val/neg_elbo"] == ""
+    assert "1 of 5 jobs" in err and "val/neg_elbo, val/rec" in err and "cannot be compared" in err
+    assert "2" in [line.split()[0] for line in out.splitlines()[1:] if line.strip()]   # the failed job is printed
+
+
+def test_report_ranks_a_maximised_metric_highest_first(tmp_path, capsys):
+    from seqvae_cli.report import main as report_main
+    sweep = tmp_path / "sweep"
+    for job, auroc in (("0", 0.7), ("1", 0.9), ("2", 0.8)):
+        write_job(sweep, job, [f"seed={job}"], "val/auroc", auroc, mode="max")
+    assert report_main([str(sweep)]) == 0
+    _, err = capsys.readouterr()
+    with open(sweep / "report.csv", newline="") as f:
+        assert [r["job"] for r in csv.DictReader(f)] == ["1", "2", "0"]
+    assert err == ""
 
 
 def test_sample_of_a_2d_latent_draws_the_manifold(sweep, tmp_path):
