@@ -18,7 +18,8 @@ from .errors import SeqvaeError
 
 
 def _run_dir(task_name: str, run_dir: str | None, checkpoint: str | None) -> str:
-    """Hydra's run directory: train -> run_dir or outputs/DATE/TIME; eval/sample -> RUN/logs/TASK_DATE_TIME."""
+    """Hydra's run directory: train -> run_dir or outputs/DATE/TIME; eval/sample -> RUN/logs/TASK_DATE_TIME when
+    the run's folder exists, else outputs/TASK/DATE/TIME."""
     now = datetime.datetime.now()
     if task_name == "train":
         return str(run_dir) if run_dir else f"outputs/{now:%Y-%m-%d}/{now:%H-%M-%S}"
@@ -26,7 +27,7 @@ def _run_dir(task_name: str, run_dir: str | None, checkpoint: str | None) -> str
     if not base and checkpoint and str(checkpoint).endswith(".pt"):
         ckpt = Path(str(checkpoint))
         base = str(ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent)
-    if not base:
+    if not base or not Path(base).is_dir():  # a mistyped run_dir must not be created just to hold the logs
         return f"outputs/{task_name}/{now:%Y-%m-%d}/{now:%H-%M-%S}"
     return f"{base}/logs/{task_name}_{now:%Y-%m-%d_%H-%M-%S}"
 

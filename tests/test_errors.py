@@ -122,3 +122,11 @@ def test_ae_pretraining_longer_than_the_step_budget(mnist_data_dir, tmp_path):
                        "run_dir=run"], cwd=tmp_path)
     line = assert_one_error_line(proc, "ae_pretrain_epochs", "max_steps")
     assert "best.pt" not in line
+
+
+@pytest.mark.parametrize("verb", ["eval", "sample"])
+def test_a_mistyped_run_dir_is_not_created(tmp_path, verb):
+    proc = run_seqvae([verb, "run_dir=no_such_run"], cwd=tmp_path)
+    assert_one_error_line(proc, "no_such_run", "does not exist")
+    assert not (tmp_path / "no_such_run").exists()   # the logs went to outputs/VERB/DATE/TIME instead
+    assert list((tmp_path / "outputs" / verb).glob("*/*/.hydra"))
