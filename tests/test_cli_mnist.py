@@ -30,7 +30,7 @@ def test_train_writes_the_run_folder(smoke_run):
         assert (run / rel).is_file() and (run / rel).stat().st_size > 0, rel
     assert list((run / "tb").glob("events.out.tfevents.*")), "no TensorBoard event file"
     pngs = sorted(p.name for p in (run / "samples").glob("*.png"))
-    assert pngs, "no samples/*.png"
+    assert pngs == ["prior_samples.png", "reconstructions.png"], pngs   # what training draws at its end
     for name in pngs:
         Image.open(run / "samples" / name).verify()
     assert not list(run.rglob("*.tmp")), "a temporary checkpoint file was left behind"
@@ -183,6 +183,10 @@ def test_sample(smoke_run, tmp_path):
         assert name in proc.stdout
     with Image.open(run / "samples" / "traversal.png") as im:     # one row per latent dim (20) of 9 steps
         assert im.height > im.width
+    # The same pictures go to the run's TensorBoard, under sample/*.
+    acc = ea.EventAccumulator(str(run / "tb"), size_guidance={ea.IMAGES: 0})
+    acc.Reload()
+    assert {f"sample/{Path(name).stem}" for name in SAMPLE_FILES} <= set(acc.Tags()["images"]), acc.Tags()["images"]
 
 
 # ------------------------------------------------------------------------------------------- help

@@ -14,8 +14,9 @@ from conftest import SAMPLE_FILES, check_pictures, describe, run_seqvae
 def sweep(tmp_path_factory, mnist_data_dir):
     work = tmp_path_factory.mktemp("sweep")
     sweep_dir = work / "sweep"
+    # Through the joblib launcher (the `sweep` extra), two jobs at once, as the README shows it.
     proc = run_seqvae(["train", "-m", "debug=smoke", "model.latent_dim=2,4", "trainer.progress_bar=false",
-                       f"hydra.sweep.dir={sweep_dir}"], cwd=work)
+                       "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", f"hydra.sweep.dir={sweep_dir}"], cwd=work)
     assert proc.returncode == 0, describe(proc)
     return sweep_dir
 
@@ -29,6 +30,7 @@ def test_sweep_writes_one_folder_per_job(sweep):
         assert (folder / "checkpoints" / "best.pt").is_file()
         assert f"model.latent_dim={dim}" in (folder / ".hydra" / "overrides.yaml").read_text()
     assert not (sweep / "2").exists()
+    assert "hydra_joblib_launcher" in (sweep / "0" / ".hydra" / "hydra.yaml").read_text()
     assert not list(sweep.parent.glob("outputs")) and not list(sweep.parent.glob("multirun"))
 
 
