@@ -414,8 +414,8 @@ class Trainer:
             result["test"] = self.test()
         (self.run_dir / "metrics.json").write_text(json.dumps(result, indent=2))
         self.log_hparams(result)
-        if tc.log_visuals:
-            visuals.end_of_training(self.eval_model(), self.dm, self.run_dir / "samples", self.writer, self.step)
+        if tc.log_visuals:  # the pictures show what eval/sample would score: best.pt, not the last epoch
+            visuals.end_of_training(self.load_best(), self.dm, self.run_dir / "samples", self.writer, self.step)
         self.writer.close()
         return result
 
@@ -596,10 +596,16 @@ class Trainer:
             save_atomic(self.state(), self.run_dir / "checkpoints" / "best.pt")
         return metrics
 
+    def load_best(self) -> LatentModel:
+        """Put best.pt's weights (the average's, with weight averaging) into the model and return it; training
+        is over when this is called."""
+        path = self.run_dir / "checkpoints" / "best.pt"
+        load_model_state(self.model, load_checkpoint(path, map_location=self.device), path)
+        return self.model
+
     def test(self) -> dict:
         tc = self.cfg.trainer
-        best = load_checkpoint(self.run_dir / "checkpoints" / "best.pt", map_location=self.device)
-        load_model_state(self.model, best, self.run_dir / "checkpoints" / "best.pt")
+        self.load_best()
         torch.manual_seed(tc.seed)  # the test pass draws samples: make it the same for a resumed run
         metrics = evaluate(self.model, self.dm, "test", iw_samples=tc.test_iw_samples,
                            limit=tc.get("limit_test_batches"))

@@ -117,3 +117,22 @@ def test_a_checkpoint_from_before_the_setting_can_take_up_an_average():
                                                                      "start_epoch": 0}
     untouched = merge_resumed_config(compose_train_config(), stored, [], Path("old.pt"))
     assert "weight_average" not in untouched.trainer          # without the override the run stays as it was
+
+
+def test_the_end_of_training_pictures_show_best_pt_not_the_last_epoch(tmp_path, mnist_data_dir, monkeypatch):
+    from seqvae_cli import visuals
+    drawn = {}
+    monkeypatch.setattr(visuals, "end_of_training",
+                        lambda model, *args: drawn.update({k: v.clone() for k, v in model.state_dict().items()}))
+    # lr 0.03 overshoots after the first epoch here (seed 42), so best.pt is epoch 1 of 3.
+    trainer = Trainer(compose_train_config(*BASE, "optim.lr=0.03", "trainer.max_epochs=3",
+                                           "trainer.log_visuals=true"), tmp_path, [])
+    last_epoch = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    trainer.optimizer.register_step_post_hook(lambda *_: last_epoch.update(
+        {k: v.clone() for k, v in trainer.model.state_dict().items()}))
+    result = trainer.fit()
+    assert result["best_epoch"] == 1 and result["epochs"] == 3
+    best = load_checkpoint(tmp_path / "checkpoints" / "best.pt")["model"]
+    assert drawn.keys() == best.keys()
+    assert all(torch.equal(drawn[k], best[k]) for k in best)
+    assert not all(torch.equal(drawn[k], last_epoch[k]) for k in best)
