@@ -217,7 +217,7 @@ def check_overrides(verb: str, args: list[str]) -> None:
                 if key is None:
                     return
                 rest = [o for o in job if o.split("=", 1)[0].lstrip("+~") != key]
-                parent, _, leaf = key.rpartition(".")
+                parent = key.rpartition(".")[0]
                 try:
                     node = compose(verb, overrides=rest).get(parent) if parent else compose(verb, overrides=rest)
                 except Exception:
