@@ -2,6 +2,7 @@
 maximised (AUROC, AUPRC, F1, active units)."""
 from __future__ import annotations
 
+import csv
 import json
 
 import pytest
@@ -56,7 +57,7 @@ def test_report_ranks_jobs_by_the_metric_direction(tmp_path, capsys, mode, metri
         (tmp_path / job / "metrics.json").write_text(json.dumps(
             {"optimized_metric": metric, "optimized_mode": mode, "optimized_value": value, "best_epoch": 1}))
     assert report.main([str(tmp_path)]) == 0
-    with open(tmp_path / "report.csv") as f:
-        values = [float(line.split(",")[2]) for line in f.read().splitlines()[1:]]
+    with open(tmp_path / "report.csv", newline="") as f:
+        values = [float(row[metric]) for row in csv.DictReader(f)]
     assert values[0] == best_first and values[-1] == float("inf")
     assert ("higher is better" if mode == "max" else "lower is better") in capsys.readouterr().out

@@ -94,18 +94,6 @@ def test_report_lists_unfinished_jobs_last_and_ranks_mixed_metrics_within_each(t
     assert "2" in [line.split()[0] for line in out.splitlines()[1:] if line.strip()]   # the failed job is printed
 
 
-def test_report_ranks_a_maximised_metric_highest_first(tmp_path, capsys):
-    from seqvae_cli.report import main as report_main
-    sweep = tmp_path / "sweep"
-    for job, auroc in (("0", 0.7), ("1", 0.9), ("2", 0.8)):
-        write_job(sweep, job, [f"seed={job}"], "val/auroc", auroc, mode="max")
-    assert report_main([str(sweep)]) == 0
-    _, err = capsys.readouterr()
-    with open(sweep / "report.csv", newline="") as f:
-        assert [r["job"] for r in csv.DictReader(f)] == ["1", "2", "0"]
-    assert err == ""
-
-
 def test_sample_of_a_2d_latent_draws_the_manifold(sweep, tmp_path):
     run = sweep / "0"            # model.latent_dim=2
     proc = run_seqvae(["sample", f"run_dir={run}"], cwd=tmp_path)
