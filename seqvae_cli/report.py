@@ -45,11 +45,12 @@ def collect(sweep_dir: Path) -> list[dict]:
     return rows
 
 
-def rank(rows: list[dict]) -> list[str]:
-    """Sort rows best first, in place, and return the optimised metrics in the order their jobs come. Jobs that
+def rank(rows: list[dict]) -> dict[str, str]:
+    """Sort rows best first, in place, and return {optimised metric: min|max} in the order their jobs come. Jobs that
     optimised different metrics (e.g. model=ae,mlp_vae: val/rec and val/neg_elbo) cannot be compared, so they
     are ranked within each metric, groups in order of first appearance; jobs without a finite value come last."""
-    metrics = list(dict.fromkeys(r["_metric"] for r in rows if "_metric" in r))
+    modes = {r["_metric"]: r["_mode"] for r in rows if "_metric" in r}
+    metrics = list(modes)
 
     def key(row: dict) -> tuple:
         value = row.get(row.get("_metric", ""))
@@ -58,7 +59,7 @@ def rank(rows: list[dict]) -> list[str]:
         return (False, metrics.index(row["_metric"]), -value if row["_mode"] == "max" else value)
 
     rows.sort(key=key)
-    return metrics
+    return modes
 
 
 def main(argv: list[str]) -> int:
@@ -75,7 +76,7 @@ def main(argv: list[str]) -> int:
         print(f"seqvae: error: {args.sweep_dir} holds no job folder (expected {args.sweep_dir}/N/ with .hydra/ "
               f"and metrics.json); pass the multirun directory of a `seqvae train -m ...` sweep", file=sys.stderr)
         return 2
-    metrics = rank(rows)
+    modes = rank(rows)
     columns = list(dict.fromkeys(k for r in rows for k in r if not k.startswith("_")))
     cells = [[_fmt(r.get(c, "")) for c in columns] for r in rows]
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
@@ -87,15 +88,14 @@ def main(argv: list[str]) -> int:
         writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
-    modes = {r["_metric"]: r["_mode"] for r in reversed(rows) if "_metric" in r}
-    order = "; ".join(f"{m}, {'higher' if modes[m] == 'max' else 'lower'} is better" for m in metrics)
+    order = "; ".join(f"{m}, {'higher' if mode == 'max' else 'lower'} is better" for m, mode in modes.items())
     print(f"written: {out} (sorted by {order or 'nothing: no job finished'})")
     unfinished = sum(r["status"] == NO_METRICS for r in rows)
     if unfinished:
         print(f"seqvae: warning: {unfinished} of {len(rows)} jobs have {NO_METRICS} (their train.log says which)",
               file=sys.stderr)
-    if len(metrics) > 1:
-        print(f"seqvae: warning: the jobs optimised different metrics ({', '.join(metrics)}), which cannot be "
+    if len(modes) > 1:
+        print(f"seqvae: warning: the jobs optimised different metrics ({', '.join(modes)}), which cannot be "
               f"compared; each group is ranked on its own", file=sys.stderr)
     return 0
 

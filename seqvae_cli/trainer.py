@@ -410,12 +410,14 @@ class Trainer:
                   "optimized_value": self.best_value,
                   "best_epoch": self.best_epoch, "epochs": self.epoch, "steps": self.step,
                   "train_seconds_this_session": round(time.time() - started, 1), "val": self.best_val}
+        if tc.test or tc.log_visuals:  # both show what eval/sample would score: best.pt, not the last epoch
+            self.load_best()
         if tc.test:
             result["test"] = self.test()
         (self.run_dir / "metrics.json").write_text(json.dumps(result, indent=2))
         self.log_hparams(result)
-        if tc.log_visuals:  # the pictures show what eval/sample would score: best.pt, not the last epoch
-            visuals.end_of_training(self.load_best(), self.dm, self.run_dir / "samples", self.writer, self.step)
+        if tc.log_visuals:
+            visuals.end_of_training(self.model, self.dm, self.run_dir / "samples", self.writer, self.step)
         self.writer.close()
         return result
 
@@ -596,16 +598,14 @@ class Trainer:
             save_atomic(self.state(), self.run_dir / "checkpoints" / "best.pt")
         return metrics
 
-    def load_best(self) -> LatentModel:
-        """Put best.pt's weights (the average's, with weight averaging) into the model and return it; training
-        is over when this is called."""
+    def load_best(self) -> None:
+        """Put best.pt's weights (the average's, with weight averaging) into the model; training is over."""
         path = self.run_dir / "checkpoints" / "best.pt"
         load_model_state(self.model, load_checkpoint(path, map_location=self.device), path)
-        return self.model
 
     def test(self) -> dict:
+        """Score the test split with the model's current weights (fit() has loaded best.pt into it)."""
         tc = self.cfg.trainer
-        self.load_best()
         torch.manual_seed(tc.seed)  # the test pass draws samples: make it the same for a resumed run
         metrics = evaluate(self.model, self.dm, "test", iw_samples=tc.test_iw_samples,
                            limit=tc.get("limit_test_batches"))
