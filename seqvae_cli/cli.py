@@ -16,6 +16,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 from torch.utils.tensorboard import SummaryWriter
 
+from . import distributed
 from .config import (check_sweep_direction, is_bf16, metric_mode, override_keys, register_resolvers,
                      setup_device, validate)
 from .data import resolve_data_dir
@@ -76,10 +77,14 @@ def train_app(cfg: DictConfig) -> float:
         # Stored absolute in checkpoints, so eval/sample find the data from any working directory.
         cfg.paths.data_dir = str(resolve_data_dir(cfg.paths.data_dir))
         run_dir = Path(HydraConfig.get().runtime.output_dir)
+        if cfg.trainer.get("devices", 1) > 1 and not distributed.launched_by_torchrun():
+            from .launch import train_with_torchrun
+            return train_with_torchrun(cfg.trainer.devices, _overrides(), run_dir)
         result = Trainer(cfg, run_dir, _overrides()).fit()
     except SeqvaeError as exc:
         return _fail(exc, minimising)
-    log.info("run directory: %s", run_dir)
+    if distributed.is_main():
+        log.info("run directory: %s", run_dir)
     return float(result["optimized_value"])
 
 
@@ -104,10 +109,9 @@ def eval_app(cfg: DictConfig) -> dict | float:
         if cfg.limit_examples:  # equal batches that add up to limit_examples (exactly, when it divides evenly)
             limit = math.ceil(cfg.limit_examples / cfg.batch_size)
             batch_size = math.ceil(cfg.limit_examples / limit)
-        torch.manual_seed(cfg.seed)
         started = time.time()
         metrics = public(evaluate(model, dm, cfg.split, iw_samples=k, limit=limit, batch_size=batch_size,
-                                  rows_per_chunk=cfg.iw_rows_per_chunk, progress=True,
+                                  rows_per_chunk=cfg.iw_rows_per_chunk, progress=True, seed=cfg.seed,
                                   iw_bf16=is_bf16(cfg.iw_precision),
                                   # time series: the anomaly score, and where its CSV files go
                                   score=cfg.score, out_dir=_run_dir_of(cfg)))
@@ -247,8 +251,15 @@ def main() -> None:
     except SeqvaeError as exc:
         print(f"seqvae: error: {exc}", file=sys.stderr)
         sys.exit(2)
+    if verb == "train" and distributed.launched_by_torchrun():
+        distributed.init_from_torchrun()
+        if distributed.rank() > 0:  # rank 0 alone writes the run folder's .hydra/ and train.log
+            rest = rest + ["hydra.output_subdir=null", "hydra/job_logging=disabled"]
     sys.argv = [f"seqvae-{verb}"] + rest
-    APPS[verb]()
+    try:
+        APPS[verb]()
+    finally:
+        distributed.shutdown()
 
 
 if __name__ == "__main__":

@@ -22,7 +22,9 @@ def _run_dir(task_name: str, run_dir: str | None, checkpoint: str | None) -> str
     the run's folder exists, else outputs/TASK/DATE/TIME."""
     now = datetime.datetime.now()
     if task_name == "train":
-        return str(run_dir) if run_dir else f"outputs/{now:%Y-%m-%d}/{now:%H-%M-%S}"
+        # Under torchrun every rank names the folder by rank 0's clock (distributed.init_from_torchrun).
+        stamp = os.environ.get("SEQVAE_RUN_STAMP") or f"{now:%Y-%m-%d}/{now:%H-%M-%S}"
+        return str(run_dir) if run_dir else f"outputs/{stamp}"
     base = run_dir
     if not base and checkpoint and str(checkpoint).endswith(".pt"):
         ckpt = Path(str(checkpoint))
@@ -154,6 +156,8 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
                                          and 0 <= v < 1, "a number >= 0 and < 1, e.g. 0.999"),
     "trainer.weight_average.start_epoch": number(0, integer=True),
     "trainer.log_visuals": BOOLEAN,
+    "trainer.devices": number(1, integer=True),
+    "trainer.cuda_graphs": (lambda v: v == "auto" or isinstance(v, bool), "auto, true or false"),
     "trainer.progress_bar": BOOLEAN,
     "split": one_of("train", "val", "test"),
     "checkpoint": (lambda v: v in ("best", "last") or (isinstance(v, str) and v.endswith(".pt")),

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from . import distributed
 from .data import Batch, DataModule, batch_limit
 from .models import LatentModel, eval_mode
 from .objective import (gaussian_kl, gaussian_log_density, sample_posterior,
@@ -78,25 +79,46 @@ def active_units(mu: torch.Tensor, threshold: float = 0.01) -> int:
 def evaluate(model: LatentModel, dm: DataModule, split: str, iw_samples: int = 0, limit: int | float | None = None,
              batch_size: int | None = None, rows_per_chunk: int | None = None, with_mutual_info: bool = True,
              progress: bool = False, score: str = "neg_elbo", out_dir: Path | None = None,
-             iw_bf16: bool = False) -> dict:
+             iw_bf16: bool = False, seed: int | None = None, sharded: bool = False) -> dict:
     """Score `split`: -ELBO, reconstruction, KL, IW-NLL (k=iw_samples, 0 = skip), active units, MI.
 
     Returns the metrics and, under "_mu"/"_kl_per_dim", tensors for histograms (not for JSON); under
     "_per_example", each example's rec/kl/neg_elbo/iw_nll in nats [N] (CPU, in eval_batches order).
     Time series (dm.kind == "series") add anomaly.series_evaluation's metrics: reconstruction MSE, and
     AUROC/AUPRC/best F1 of the per-example `score` (neg_elbo | rec | iw_nll); with out_dir, its CSV files.
-    iw_bf16: the IW-NLL's decoder passes in bfloat16 autocast (`seqvae eval iw_precision=bf16-mixed`)."""
+    iw_bf16: the IW-NLL's decoder passes in bfloat16 autocast (`seqvae eval iw_precision=bf16-mixed`).
+    seed: each batch's samples are drawn from the global RNG seeded with (seed, batch index), and the caller's RNG
+    state is put back afterwards: the numbers then depend neither on what ran before nor on how the batches are
+    shared among processes. sharded: under DDP each rank scores every W-th batch and the results are gathered, so
+    every rank returns what one process would (to float rounding); every rank must call it."""
+    devices = [mu_device(model)] if mu_device(model).type == "cuda" else []
+    with torch.random.fork_rng(devices=devices, enabled=seed is not None):
+        return _evaluate(model, dm, split, iw_samples, limit, batch_size, rows_per_chunk, with_mutual_info,
+                         progress, score, out_dir, iw_bf16, seed, sharded)
+
+
+def mu_device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _evaluate(model, dm, split, iw_samples, limit, batch_size, rows_per_chunk, with_mutual_info, progress, score,
+              out_dir, iw_bf16, seed, sharded) -> dict:
     rows_per_chunk = rows_per_chunk or dm.iw_rows_per_chunk
+    world, me = (distributed.world_size(), distributed.rank()) if sharded else (1, 0)
     sums = {"rec": 0.0, "kl": 0.0, "iw_ll": 0.0}
     n, tokens = 0, 0
     mus, logvars, kl_dims = [], [], []
     per: dict[str, list[torch.Tensor]] = {"rec": [], "kl": [], "iw_nll": []}   # per-example nats
     batches = dm.eval_batches(split, batch_size, limit)
-    if progress:
+    if progress and me == 0:
         total = batch_limit(limit, math.ceil(dm.num_examples(split) / (batch_size or dm.eval_batch_size)))
         batches = tqdm(batches, total=total, desc=f"eval {split}", leave=False)
     with eval_mode(model):
-        for batch in batches:
+        for index, batch in enumerate(batches):
+            if index % world != me:
+                continue
+            if seed is not None:
+                torch.manual_seed(seed * 100_003 + index)
             n += batch["x"].shape[0]
             if "lengths" in batch:  # text: tokens counted for perplexity (each sentence's </eos>, never <sos>)
                 tokens += int(batch["lengths"].sum())
@@ -123,6 +145,9 @@ def evaluate(model: LatentModel, dm: DataModule, split: str, iw_samples: int = 0
             ll = model.log_likelihood(batch, z)[0]
             sums["rec"] += float(ll.sum())
             per["rec"].append(-ll)
+    if world > 1:
+        n, tokens, sums, per, mus, logvars, kl_dims = _gather_ranks(world, n, tokens, sums, per, mus, logvars,
+                                                                    kl_dims, mu_device(model))
     out: dict = {"split": split, "num_examples": n, "rec": -sums["rec"] / n}
     out["_per_example"] = {k: torch.cat(v).cpu() for k, v in per.items() if v}
     if "kl" in out["_per_example"]:
@@ -149,6 +174,8 @@ def evaluate(model: LatentModel, dm: DataModule, split: str, iw_samples: int = 0
         out["iw_samples"] = iw_samples
         if tokens:
             out["ppl"] = math.exp(out["iw_nll"] * n / tokens)
+    if seed is not None:  # the draws below must not depend on which rank scored the last batch
+        torch.manual_seed(seed * 100_003 - 1)
     if with_mutual_info:
         out["mutual_info"] = mutual_information(mu_all, torch.cat(logvars))
     if getattr(dm, "kind", None) == "series":   # time series: anomaly scores and metrics (anomaly.py)
@@ -156,6 +183,24 @@ def evaluate(model: LatentModel, dm: DataModule, split: str, iw_samples: int = 0
         out.update(series_evaluation(model, dm, split, out, score=score, out_dir=out_dir, limit=limit,
                                      batch_size=batch_size))
     return out
+
+
+def _gather_ranks(world: int, n: int, tokens: int, sums: dict, per: dict, mus: list, logvars: list, kl_dims: list,
+                  device: torch.device) -> tuple:
+    """Put together what each rank scored (every W-th batch) in the order one process would have scored it."""
+    totals = distributed.all_reduce_sum(torch.tensor([n, tokens, sums["rec"], sums["kl"], sums["iw_ll"]],
+                                                     dtype=torch.float64, device=device)).tolist()
+    mine = {"per": {k: [t.cpu() for t in v] for k, v in per.items()}, "mu": [t.cpu() for t in mus],
+            "logvar": [t.cpu() for t in logvars], "kl_dims": [t.cpu() for t in kl_dims]}
+    ranks = distributed.all_gather(mine)
+
+    def interleave(get) -> list[torch.Tensor]:
+        lists = [get(r) for r in ranks]   # rank r holds batches r, r + W, ...: deal them back in turn
+        return [lists[i % world][i // world] for i in range(sum(map(len, lists)))]
+    merged_per = {k: [t.to(device) for t in interleave(lambda r, k=k: r["per"][k])] for k in per}
+    back = [[t.to(device) for t in interleave(lambda r, k=k: r[k])] for k in ("mu", "logvar", "kl_dims")]
+    sums = {"rec": totals[2], "kl": totals[3], "iw_ll": totals[4]}
+    return int(totals[0]), int(totals[1]), sums, merged_per, *back
 
 
 def public(metrics: dict) -> dict:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import torch
 from omegaconf import DictConfig
+from torch import nn
 
 from .data import Batch
 from .errors import SeqvaeError
@@ -120,8 +121,11 @@ class Objective:
             return 0.0
         return self.schedule(step - self.pretrain_steps, self.steps_per_epoch)
 
-    def __call__(self, model: LatentModel, batch: Batch, step: int) -> Terms:
-        weight = self.kl_weight(step)
+    def __call__(self, model: LatentModel, batch: Batch, step: int,
+                 weight: float | torch.Tensor | None = None) -> Terms:
+        """The terms at training step `step`; `weight` (the KL weight) defaults to the schedule's at that step, and
+        may be a device tensor (a CUDA-graph step reads the weight the trainer fills in before each replay)."""
+        weight = self.kl_weight(step) if weight is None else weight
         if model.latent_dim == 0:  # a plain autoregressive model: the exact likelihood
             rec = model.log_likelihood(batch, None)[0]
             zero = rec.new_zeros(())
@@ -164,3 +168,17 @@ class Objective:
             loss = -rec.mean() + weight * kl_term + aux.mean()
         neg_elbo = (kl - rec).mean()
         return Terms(loss, rec.mean(), kl.mean(), kl_per_dim.detach(), neg_elbo, aux.mean(), mu.detach())
+
+
+class TrainingLoss(nn.Module):
+    """A model and its objective as one module whose forward is a training step's loss: DistributedDataParallel
+    averages the gradients of what a module's forward reached, and the objective calls the model's encode and
+    log_likelihood rather than its forward."""
+
+    def __init__(self, model: LatentModel, objective: Objective) -> None:
+        super().__init__()
+        self.model, self.objective = model, objective
+
+    def forward(self, batch: Batch, step: int, weight: float | torch.Tensor | None = None) -> tuple[torch.Tensor, Terms]:
+        terms = self.objective(self.model, batch, step, weight)
+        return terms.loss, terms

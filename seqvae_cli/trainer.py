@@ -24,14 +24,15 @@ from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams as hparams_summary
 from tqdm import tqdm
 
-from . import visuals
+from . import distributed, visuals
+from .captured_step import CapturedStep
 from .checkpoint import FORMAT, build, load_checkpoint, load_model_state, save_atomic
 from .config import is_bf16, metric_mode, override_keys, setup_device
 from .data import Batch
 from .errors import SeqvaeError
 from .evaluate import evaluate, public, split_mutual_information
 from .models import LatentModel, eval_mode
-from .objective import Objective, Terms
+from .objective import Objective, Terms, TrainingLoss
 
 log = logging.getLogger("seqvae")
 
@@ -40,7 +41,8 @@ log = logging.getLogger("seqvae")
 # end (its defaults would silently cut mnist_nll's 400 epochs to trainer/default's 20), the learning rate and
 # gradient clipping (the cure a NaN stop advises; the run then leaves its exact-replay path, by request), and the
 # weight average (it never feeds back into training, so a run may take one up, or drop it, midway).
-FROM_COMMAND_LINE = ("trainer.resume", "trainer.progress_bar", "device", "paths", "data.data_dir")
+FROM_COMMAND_LINE = ("trainer.resume", "trainer.progress_bar", "device", "paths", "data.data_dir",
+                     "trainer.devices", "trainer.cuda_graphs")
 CHANGEABLE_ON_RESUME = ("trainer.max_epochs", "trainer.max_steps", "trainer.test", "trainer.test_iw_samples",
                         "trainer.log_visuals", "optim.lr", "optim.grad_clip", "trainer.weight_average")
 RESUMABLE_OVERRIDES = FROM_COMMAND_LINE + CHANGEABLE_ON_RESUME + ("run_dir", "hydra")
@@ -51,10 +53,40 @@ def _is_under(key: str, prefixes: tuple[str, ...]) -> bool:
     return any(key == p or key.startswith(p + ".") for p in prefixes)
 
 
-def make_optimizer(model: LatentModel, cfg: DictConfig) -> torch.optim.Optimizer:
+def make_optimizer(model: LatentModel, cfg: DictConfig, capturable: bool = False) -> torch.optim.Optimizer:
+    """Adam/AdamW. capturable: for a CUDA-graph step (its state and lr live on the device, read by the kernels)."""
     cls = torch.optim.Adam if cfg.name == "adam" else torch.optim.AdamW
-    return cls(model.parameters(), lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay,
-               fused=bool(cfg.get("fused", False)))
+    lr = torch.tensor(float(cfg.lr), device=next(model.parameters()).device) if capturable else cfg.lr
+    return cls(model.parameters(), lr=lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay,
+               fused=bool(cfg.get("fused", False)), capturable=capturable)
+
+
+def set_lr(group: dict, value: float) -> None:
+    """Set a param group's lr, in place when it is a device tensor (a captured step reads that tensor)."""
+    if isinstance(group["lr"], torch.Tensor):
+        group["lr"].fill_(value)
+    else:
+        group["lr"] = value
+
+
+class NullWriter:
+    """The TensorBoard writer of ranks other than 0: rank 0 alone writes the run directory."""
+
+    def __getattr__(self, name: str):
+        return lambda *args, **kwargs: None
+
+
+def cuda_graph_choice(setting: object, device: torch.device, kind: str, why_not_eager: list[str]) -> bool:
+    """Whether the training step is captured as a CUDA graph (trainer.cuda_graphs: auto | true | false).
+    auto: on CUDA, for image data (fixed-shape batches), when nothing in why_not_eager rules it out;
+    true: wherever it can run, else a config error naming why."""
+    if setting is False or (setting == "auto" and (device.type != "cuda" or kind != "image")):
+        return False
+    reasons = ([] if device.type == "cuda" else [f"it needs a CUDA device (this run is on {device.type})"]) + \
+        why_not_eager
+    if reasons and setting is True:
+        raise SeqvaeError(f"config error: trainer.cuda_graphs=true but {reasons[0]}; use trainer.cuda_graphs=auto")
+    return not reasons
 
 
 def lr_factor(cfg: DictConfig | SimpleNamespace, step: int, total_steps: int, steps_per_epoch: int) -> float:
@@ -251,19 +283,30 @@ class Trainer:
         self.cfg = cfg
         tc = cfg.trainer
         self.bf16 = is_bf16(tc.get("precision", 32))   # runs from before the setting trained in 32
-        self.device = setup_device(cfg.device, self.bf16)
-        torch.manual_seed(tc.seed)
+        self.device = distributed.rank_device(setup_device(cfg.device, self.bf16))
+        self.world, self.rank = distributed.world_size(), distributed.rank()
+        torch.manual_seed(tc.seed)   # the same on every rank: every rank builds the same initial weights
         self.dm, self.model = build(cfg, self.device, state.get("data_state") if state else None)
-        self.optimizer = make_optimizer(self.model, cfg.optim)
         self.steps_per_epoch = self.dm.num_train_batches(tc.limit_train_batches)
         by_epochs = tc.max_epochs * self.steps_per_epoch
         self.total_steps = min(by_epochs, tc.max_steps) if tc.max_steps > 0 else by_epochs
+        self.objective = Objective(cfg.objective, self.total_steps, self.steps_per_epoch)
+        # Runs from before the settings have no objective.aggressive or trainer.cuda_graphs.
+        aggressive = OmegaConf.select(cfg, "objective.aggressive", default=None)
+        aggressive_on = aggressive is not None and aggressive.enabled
+        self.capture = cuda_graph_choice(
+            OmegaConf.select(cfg, "trainer.cuda_graphs", default=False), self.device, self.dm.kind,
+            [why for why, rules_out in (
+                ("it does not run under DDP (trainer.devices > 1 or torchrun)", self.world > 1),
+                ("objective.aggressive switches parameters on and off between steps", aggressive_on),
+                ("objective.ae_pretrain_epochs re-initialises the decoder and Adam's state midway",
+                 self.objective.pretrain_steps > 0)) if rules_out])
+        self.optimizer = make_optimizer(self.model, cfg.optim, capturable=self.capture)
         # The schedule is called every step: read its settings from plain Python values, as each DictConfig
         # lookup costs ~10 us (50 us a step, ~1% of an MNIST step) and the config does not change during a run.
         lr_settings = SimpleNamespace(**OmegaConf.to_container(cfg.optim, resolve=True))
         self.lr_factor = lambda s: lr_factor(lr_settings, s, self.total_steps, self.steps_per_epoch)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.lr_factor)
-        self.objective = Objective(cfg.objective, self.total_steps, self.steps_per_epoch)
         if self.objective.pretrain_steps >= self.total_steps:
             raise SeqvaeError(f"config error: objective.ae_pretrain_epochs={cfg.objective.ae_pretrain_epochs} "
                               f"({self.objective.pretrain_steps} steps) leaves no VAE step within the "
@@ -275,10 +318,12 @@ class Trainer:
         if averaging is not None and averaging.kind != "none":
             self.average = WeightAverage(self.model, averaging.kind, averaging.ema_decay,
                                          averaging.start_epoch * self.steps_per_epoch)
-        # Runs from before the setting have no objective.aggressive: they trained without it.
-        aggressive = OmegaConf.select(cfg, "objective.aggressive", default=None)
         self.aggressive = None
-        if aggressive is not None and aggressive.enabled:
+        if aggressive_on:
+            if self.world > 1:
+                raise SeqvaeError("config error: objective.aggressive.enabled=true does not run under DDP (it "
+                                  "freezes parameters between steps, which DistributedDataParallel cannot follow); "
+                                  "train it in one process (trainer.devices=1)")
             if not self.model.variational or self.model.latent_dim == 0:
                 raise SeqvaeError(f"config error: objective.aggressive.enabled=true trains a VAE's encoder on its "
                                   f"own, but {cfg.model.name} has no posterior q(z|x); use model=mlp_vae or "
@@ -287,6 +332,12 @@ class Trainer:
             self.aggressive = AggressiveEncoder(self.model, self.objective, probe, aggressive.max_inner_steps,
                                                 aggressive.check_every, tc.seed + 3)
         self.grad_clip = float(cfg.optim.grad_clip)
+        # CPU: reading the loss costs nothing, so a non-finite loss stops at its very step. CUDA: a read waits for
+        # the GPU, so the step runs without one and the sums are checked every trainer.log_every steps.
+        self.check_each_step = self.device.type != "cuda"
+        self.train_sums = torch.zeros(2, dtype=torch.float64, device=self.device)  # loss, -ELBO, x batch size
+        self.ddp = self.wrap_ddp() if self.world > 1 else None
+        self.captured = CapturedStep(self.optimizer_update, self.device) if self.capture else None
         self.shuffle_gen = torch.Generator().manual_seed(tc.seed + 1)
         self.data_gen = torch.Generator(device=self.device).manual_seed(tc.seed + 2)
         self.step, self.epoch = 0, 0
@@ -294,9 +345,34 @@ class Trainer:
         self.optimized_mode = metric_mode(self.optimized_metric)
         self.best_value = math.inf if self.optimized_mode == "min" else -math.inf
         self.best_val, self.best_epoch = {}, -1
+        if self.rank > 0:  # each rank its own noise (dropout, z samples); rank 0 continues one process's stream
+            torch.manual_seed(tc.seed + 1_000_003 * self.rank)
         if state is not None:
             self.restore(state, path)
-        self.writer = SummaryWriter(str(run_dir / "tb"), purge_step=self.step if state is not None else None)
+        self.writer = (SummaryWriter(str(run_dir / "tb"), purge_step=self.step if state is not None else None)
+                       if self.rank == 0 else NullWriter())
+        if self.capture:
+            log.info("trainer.cuda_graphs: the training step is captured as a CUDA graph after %d eager steps",
+                     3)
+
+    def wrap_ddp(self) -> torch.nn.Module:
+        """The training loss as a DistributedDataParallel module: its forward runs the objective, so DDP
+        all-reduces (averages) the gradients of every parameter it reached during backward."""
+        from torch.nn.parallel import DistributedDataParallel
+        loss_module = TrainingLoss(self.model, self.objective)
+        # DDP must be told when a step leaves parameters without a gradient (the log-variance head during
+        # autoencoder pre-training, a head the objective does not use): probe one batch to find out.
+        unused = self.objective.pretrain_steps > 0
+        if not unused:
+            params = [p for p in self.model.parameters() if p.requires_grad]
+            probe = next(iter(self.dm.eval_batches("val", None, 1)))
+            with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+                grads = torch.autograd.grad(loss_module(probe, 0)[0], params, allow_unused=True)
+            unused = any(g is None for g in grads)
+        log.info("DDP over %d processes (%s), %s", self.world, "NCCL" if self.device.type == "cuda" else "gloo",
+                 "finding unused parameters each step" if unused else "every parameter used each step")
+        return DistributedDataParallel(loss_module, device_ids=[self.device.index] if self.device.type == "cuda"
+                                       else None, find_unused_parameters=unused)
 
     def eval_model(self) -> LatentModel:
         """The weights validation, best.pt, the test pass and the samples use: the average when there is one."""
@@ -322,9 +398,25 @@ class Trainer:
             "best": {"value": self.best_value, "epoch": self.best_epoch, "val": self.best_val},
             "rng": {"torch": torch.get_rng_state(), "shuffle": self.shuffle_gen.get_state(),
                     "data": self.data_gen.get_state(),
-                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                    **self.rank_rng_states()},
             "data_state": self.dm.state_dict(),
         }
+
+    def rank_rng_states(self) -> dict:
+        """Under DDP, every rank's own noise stream (the shuffle and binarisation streams are shared). Every rank
+        must call this: it gathers."""
+        if self.world == 1:
+            return {}
+        mine = {"torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None}
+        return {"ranks": distributed.all_gather(mine)}
+
+    def save(self, name: str) -> None:
+        """Write checkpoints/NAME.pt; every rank calls this (the state gathers RNG states), rank 0 writes."""
+        state = self.state()
+        if self.rank == 0:
+            save_atomic(state, self.run_dir / "checkpoints" / name)
 
     def restore(self, state: dict, path: Path) -> None:
         if "training_model" in state:
@@ -336,30 +428,59 @@ class Trainer:
             load_model_state(self.model, state, path)
         if self.aggressive is not None:
             self.aggressive.load_state_dict(state["aggressive"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        optimizer_state = state["optimizer"]
+        for group in optimizer_state["param_groups"]:
+            # How this process runs the optimiser (a CUDA-graph step or not) wins over how the checkpoint's did:
+            # load_state_dict places Adam's step counters by these flags.
+            group["capturable"] = self.capture
+            group["lr"] = float(group["lr"])
+        self.optimizer.load_state_dict(optimizer_state)
         self.scheduler.load_state_dict(state["scheduler"])
         # The loaded states carry the old lr and the lr of the old schedule length; resumed with a new optim.lr or
         # max_epochs/max_steps, the schedule continues from the new ones (unchanged, this recomputes the same value).
         self.scheduler.base_lrs = [self.cfg.optim.lr for _ in self.optimizer.param_groups]
         for group in self.optimizer.param_groups:
             group["initial_lr"] = self.cfg.optim.lr
-            group["lr"] = self.cfg.optim.lr * self.lr_factor(state["step"])
+            if self.capture:
+                group["lr"] = torch.tensor(0.0, device=self.device)
+            set_lr(group, self.cfg.optim.lr * self.lr_factor(state["step"]))
         self.step, self.epoch = state["step"], state["epoch"]
         best = state["best"]
         self.best_value, self.best_epoch, self.best_val = best["value"], best["epoch"], best["val"]
-        torch.set_rng_state(state["rng"]["torch"])
+        self.restore_noise_streams(state)
         self.shuffle_gen.set_state(state["rng"]["shuffle"])
         try:  # generator states are CPU byte tensors whatever the generator's device
             self.data_gen.set_state(state["rng"]["data"].cpu())
         except RuntimeError:  # written on another device type (CPU vs CUDA states differ in size)
             log.warning("the checkpoint's data RNG state belongs to another device type than %s; it is re-seeded, "
                         "so this resumed run does not replay the original one exactly", self.device.type)
-        if state["rng"]["cuda"] and torch.cuda.is_available():
-            try:
-                torch.cuda.set_rng_state_all(state["rng"]["cuda"])
-            except RuntimeError:  # another number of GPUs
-                log.warning("the checkpoint's CUDA RNG states do not fit this machine's GPUs; they are not restored")
         self.carry_best_checkpoint(path)
+
+    def restore_noise_streams(self, state: dict) -> None:
+        """The global CPU and CUDA RNG streams (dropout, z samples). One process, or as many ranks as the run was
+        saved with: each rank continues its own. Another number of ranks: rank 0 continues the saved rank 0's
+        stream and the other ranks are re-seeded from (seed, rank, step); the shuffle and binarisation streams,
+        shared by all ranks, continue exactly whatever the number."""
+        rng, ranks = state["rng"], state["rng"].get("ranks")
+        if ranks and len(ranks) == self.world:
+            torch.set_rng_state(ranks[self.rank]["torch"])
+            if ranks[self.rank]["cuda"] is not None and self.device.type == "cuda":
+                torch.cuda.set_rng_state(ranks[self.rank]["cuda"], self.device)
+            return
+        if self.rank > 0:
+            torch.manual_seed(self.cfg.trainer.seed + 1_000_003 * self.rank + state["step"])
+        else:
+            torch.set_rng_state(rng["torch"])
+            if rng["cuda"] and torch.cuda.is_available():
+                try:
+                    torch.cuda.set_rng_state_all(rng["cuda"])
+                except RuntimeError:  # another number of GPUs
+                    log.warning("the checkpoint's CUDA RNG states do not fit this machine's GPUs; not restored")
+        if (ranks and len(ranks) != self.world) or (not ranks and self.world > 1):
+            if self.rank == 0:
+                log.warning("resuming a run saved by %d process(es) with %d: the noise streams of ranks other than 0 "
+                            "are re-seeded (the shuffle and binarisation streams continue exactly), so this run does "
+                            "not replay the original one exactly", len(ranks) if ranks else 1, self.world)
 
     def carry_best_checkpoint(self, path: Path) -> None:
         """Resuming from a checkpoint file into another run directory: bring its best.pt along, so the test pass
@@ -368,6 +489,8 @@ class Trainer:
         if self.best_epoch < 0 or (target.exists() and source.exists() and target.samefile(source)):
             return
         if source.is_file() and load_checkpoint(source)["epoch"] == self.best_epoch:
+            if self.rank > 0:
+                return
             tmp = target.with_name("best.pt.tmp")
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(source, tmp)
@@ -394,6 +517,7 @@ class Trainer:
                 self.end_aggressive_epoch()
             if self.step == self.objective.pretrain_steps and self.step > 0:
                 self.model.reset_decoder()
+                distributed.broadcast_module(self.model)  # each rank drew its own re-initialisation: take rank 0's
                 self.optimizer.state.clear()  # Adam's moments belonged to the old decoder
                 if self.average is not None:
                     self.average.restart()
@@ -403,7 +527,7 @@ class Trainer:
             elif not all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):
                 # No validation looked at them: never overwrite a good last.pt with non-finite weights.
                 self.stop_non_finite("the weights became non-finite", self.epoch)
-            save_atomic(self.state(), self.run_dir / "checkpoints" / "last.pt")
+            self.save("last.pt")
         if self.best_epoch < 0:  # resumed a finished run, or no validation happened
             self.validate()
         result = {"optimized_metric": self.optimized_metric, "optimized_mode": self.optimized_mode,
@@ -414,21 +538,24 @@ class Trainer:
             self.load_best()
         if tc.test:
             result["test"] = self.test()
-        (self.run_dir / "metrics.json").write_text(json.dumps(result, indent=2))
-        self.log_hparams(result)
-        if tc.log_visuals:
-            visuals.end_of_training(self.model, self.dm, self.run_dir / "samples", self.writer, self.step)
+        if self.rank == 0:
+            (self.run_dir / "metrics.json").write_text(json.dumps(result, indent=2))
+            self.log_hparams(result)
+            if tc.log_visuals:
+                visuals.end_of_training(self.model, self.dm, self.run_dir / "samples", self.writer, self.step)
         self.writer.close()
+        distributed.barrier()  # no rank leaves (and tears the group down) while rank 0 still writes
         return result
 
     def train_epoch(self) -> dict:
-        """One pass over the training batches; returns the epoch's mean loss and -ELBO per example."""
+        """One pass over the training batches; returns the epoch's mean loss and -ELBO per example (over every
+        rank's examples under DDP)."""
         tc = self.cfg.trainer
         self.model.train()
-        sums = {"loss": 0.0, "neg_elbo": 0.0}
-        n, encoder_updates, first_step = 0, 0, self.step
+        self.train_sums.zero_()
+        n, encoder_updates, first_step, checked_step = 0, 0, self.step, self.step
         # Read once: config lookups cost ~10 us each, and the loop runs ~400 steps a second on MNIST.
-        log_every, show_bar = tc.log_every, bool(tc.progress_bar)
+        log_every, show_bar = tc.log_every, bool(tc.progress_bar) and self.rank == 0
         aggressive = self.aggressive if self.aggressive is not None and self.aggressive.on else None
         fresh = self.fresh_batches() if aggressive is not None else None
         bar = tqdm(self.dm.train_batches(self.shuffle_gen, self.data_gen, tc.limit_train_batches),
@@ -437,26 +564,37 @@ class Trainer:
         for batch in bar:
             if self.step >= self.total_steps:
                 break
-            if aggressive is None:
-                terms, loss = self.update(batch)
+            global_size = batch["x"].shape[0]
+            if global_size < self.world:  # a last global batch too small to give every rank a row
+                continue
+            batch = distributed.shard(batch, global_size)
+            weight = self.objective.kl_weight(self.step)
+            if self.captured is not None:
+                terms = self.captured(batch, weight)
+            elif aggressive is None:
+                terms = self.optimizer_update(batch, weight, global_size)
             else:  # He et al. 2019: the encoder catches up first, then this step moves only the decoder
                 encoder_updates += self.catch_up_encoder(batch, fresh)
                 with frozen(aggressive.encoder_params):
-                    terms, loss = self.update(batch)
+                    terms = self.optimizer_update(batch, weight, global_size)
             self.scheduler.step()
             if self.average is not None:
                 self.average.update(self.step)
-            b = batch["x"].shape[0]
-            sums["loss"] += loss * b  # weighted by batch size: the epoch mean is per example
-            sums["neg_elbo"] += terms.neg_elbo.item() * b
-            n += b
+            n += batch["x"].shape[0]
             if self.step % log_every == 0:
-                self.log_train(terms, loss)
+                if not self.check_each_step:
+                    self.check_finite_sums(checked_step)
+                    checked_step = self.step
+                if self.rank == 0:
+                    self.log_train(terms)
             self.step += 1
-            if show_bar:
-                bar.set_postfix(loss=f"{sums['loss'] / n:.3f}", refresh=False)
+            if show_bar and (self.check_each_step or self.step % log_every == 0):
+                bar.set_postfix(loss=f"{float(self.train_sums[0]) / n:.3f}", refresh=False)
         bar.close()
-        means = {k: v / max(n, 1) for k, v in sums.items()}
+        self.check_finite_sums(checked_step)
+        totals = distributed.all_reduce_sum(torch.cat([self.train_sums, self.train_sums.new_tensor([n])]))
+        total = max(float(totals[2]), 1.0)
+        means = {"loss": float(totals[0]) / total, "neg_elbo": float(totals[1]) / total}
         if n:
             log.info("epoch %d: train loss %.4f, -elbo %.4f (%d steps)", self.epoch + 1, means["loss"],
                      means["neg_elbo"], self.step)
@@ -467,20 +605,39 @@ class Trainer:
                      means["encoder_updates_per_step"])
         return means
 
-    def update(self, batch: Batch) -> tuple[Terms, float]:
+    def check_finite_sums(self, since_step: int) -> None:
+        """Without a per-step read (CUDA), the epoch's loss sums tell whether some step since the last check went
+        non-finite."""
+        if not self.check_each_step and not bool(torch.isfinite(self.train_sums).all()):
+            self.stop_non_finite(f"the loss became non-finite between step {since_step} and step {self.step}")
+
+    def optimizer_update(self, batch: Batch, kl_weight: float | torch.Tensor,
+                         global_size: int | None = None) -> Terms:
         """One optimiser update on `batch` (of the parameters that require a gradient); returns the objective's
-        terms and the loss as a float."""
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-            terms = self.objective(self.model, batch, self.step)
-        loss = terms.loss.item()
-        if not math.isfinite(loss):
-            self.stop_non_finite(f"loss became {loss}")
+        terms and adds loss and -ELBO, times the batch size, to self.train_sums. No host read on CUDA, so that
+        the step can be captured as a CUDA graph (captured_step.py). Under DDP, `batch` is this rank's shard of a
+        global batch of `global_size` rows: the loss is scaled so that DDP's gradient average over ranks is the
+        gradient of the global batch's mean loss."""
+        b = batch["x"].shape[0]
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16,
+                            cache_enabled=not self.capture):   # the autocast cache does not survive a replay
+            if self.ddp is not None:
+                loss, terms = self.ddp(batch, self.step, kl_weight)
+                loss = loss * (b * self.world / (global_size or b))
+            else:
+                terms = self.objective(self.model, batch, self.step, kl_weight)
+                loss = terms.loss
+        if self.check_each_step:
+            value = float(terms.loss.detach())
+            if not math.isfinite(value):
+                self.stop_non_finite(f"loss became {value}")
         self.optimizer.zero_grad(set_to_none=True)
-        terms.loss.backward()
+        loss.backward()
         if self.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip, foreach=True)
         self.optimizer.step()
-        return terms, loss
+        self.train_sums.add_(torch.stack((terms.loss.detach(), terms.neg_elbo)).double().mul_(b))
+        return terms
 
     # ------------------------------------------------------------- aggressive encoder training (He et al. 2019)
     def fresh_batches(self) -> Iterator[Batch]:
@@ -500,7 +657,7 @@ class Trainer:
             for done in range(1, aggressive.max_inner_steps + 1):
                 if done > 1:
                     batch = next(fresh)
-                _, loss = self.update(batch)
+                loss = float(self.optimizer_update(batch, self.objective.kl_weight(self.step)).loss)
                 window_loss += loss * batch["x"].shape[0]
                 window_count += int(batch["lengths"].sum()) if "lengths" in batch else batch["x"].shape[0]
                 if done % aggressive.check_every == 0:
@@ -532,21 +689,22 @@ class Trainer:
                 else f"no checkpoint was written yet: start again with {cure}")
         raise SeqvaeError(f"{what} at step {self.step} (epoch {epoch or self.epoch + 1}); training stopped and {keep}")
 
-    def log_train(self, terms, loss: float) -> None:
+    def log_train(self, terms: Terms) -> None:
+        """This step's batch means (rank 0's shard under DDP; the epoch means in the log cover every rank)."""
         w, s = self.writer, self.step
-        w.add_scalar("train/loss", loss, s)
+        w.add_scalar("train/loss", float(terms.loss.detach()), s)
         w.add_scalar("train/rec", -float(terms.rec), s)
         w.add_scalar("train/kl", float(terms.kl), s)
         w.add_scalar("train/neg_elbo", float(terms.neg_elbo), s)
         w.add_scalar("train/kl_weight", self.objective.kl_weight(s), s)
-        w.add_scalar("train/lr", self.optimizer.param_groups[0]["lr"], s)
+        w.add_scalar("train/lr", float(self.optimizer.param_groups[0]["lr"]), s)
         if float(terms.aux) != 0.0:
             w.add_scalar("train/aux", float(terms.aux), s)
 
     def validation_metrics(self) -> dict:
         tc = self.cfg.trainer
         metrics = evaluate(self.eval_model(), self.dm, "val", iw_samples=tc.get("val_iw_samples", 0),
-                           limit=tc.limit_val_batches, with_mutual_info=False)
+                           limit=tc.limit_val_batches, with_mutual_info=False, seed=tc.seed, sharded=True)
         weight = self.objective.kl_weight(max(self.step - 1, 0))
         metrics["loss"] = metrics["rec"] + weight * metrics.get("kl", 0.0)
         return metrics
@@ -579,23 +737,24 @@ class Trainer:
             if isinstance(value, (int, float)) and key not in ("num_examples",):
                 w.add_scalar(f"val/{key}", value, s)
         w.add_scalar("val/kl_weight", weight, s)
-        w.add_scalar("val/lr", self.optimizer.param_groups[0]["lr"], s)
+        w.add_scalar("val/lr", float(self.optimizer.param_groups[0]["lr"]), s)
         if "_mu" in metrics:
             w.add_histogram("val/posterior_mean", metrics["_mu"], s)
         if "_kl_per_dim" in metrics:
             w.add_histogram("val/kl_per_dim", metrics["_kl_per_dim"], s)
-        if tc.log_visuals:
+        if tc.log_visuals and self.rank == 0:
             visuals.during_training(self.eval_model(), self.dm, w, s)
         value = self.optimized_value(metrics)
         summary = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
                             for k, v in public(metrics).items() if k not in ("split",))
-        log.info("epoch %d validation: %s", self.epoch, summary)
+        if self.rank == 0:
+            log.info("epoch %d validation: %s", self.epoch, summary)
         # Checkpoints of the autoencoder pre-training phase (Li et al. 2019) are not candidates for best.pt.
         improved = value < self.best_value if self.optimized_mode == "min" else value > self.best_value
         if improved and self.step > self.objective.pretrain_steps:
             self.best_value, self.best_epoch = value, self.epoch
             self.best_val = {k: v for k, v in public(metrics).items()}
-            save_atomic(self.state(), self.run_dir / "checkpoints" / "best.pt")
+            self.save("best.pt")
         return metrics
 
     def load_best(self) -> None:
@@ -606,9 +765,8 @@ class Trainer:
     def test(self) -> dict:
         """Score the test split with the model's current weights (fit() has loaded best.pt into it)."""
         tc = self.cfg.trainer
-        torch.manual_seed(tc.seed)  # the test pass draws samples: make it the same for a resumed run
         metrics = evaluate(self.model, self.dm, "test", iw_samples=tc.test_iw_samples,
-                           limit=tc.get("limit_test_batches"))
+                           limit=tc.get("limit_test_batches"), seed=tc.seed, sharded=True)
         for key, value in public(metrics).items():
             if isinstance(value, (int, float)):
                 self.writer.add_scalar(f"test/{key}", value, self.step)
