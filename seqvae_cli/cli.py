@@ -83,6 +83,10 @@ def train_app(cfg: DictConfig) -> float:
         result = Trainer(cfg, run_dir, _overrides()).fit()
     except SeqvaeError as exc:
         return _fail(exc, minimising)
+    except Exception as exc:
+        if distributed.peer_lost(exc):
+            sys.exit(distributed.PEER_LOST_EXIT)
+        raise
     if distributed.is_main():
         log.info("run directory: %s", run_dir)
     return float(result["optimized_value"])

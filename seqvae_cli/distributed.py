@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import datetime
 import os
-import pickle
 from typing import Any
 
 import torch
@@ -21,6 +20,18 @@ from .data import Batch
 
 # Set on every rank by main() before Hydra composes: rank 0's clock, so all ranks name the same run folder.
 RUN_STAMP_ENV = "SEQVAE_RUN_STAMP"
+
+
+# A rank whose collective failed because another rank died exits with this code and says nothing: the rank that
+# died is the news, and launch.py reports it in one line.
+PEER_LOST_EXIT = 3
+_PEER_LOST = ("Connection reset by peer", "Connection closed by peer", "Broken pipe", "NCCL communicator was aborted")
+
+
+def peer_lost(exc: BaseException) -> bool:
+    """Whether `exc` is a collective that failed because another process of the group went away."""
+    return world_size() > 1 and (isinstance(exc, dist.DistNetworkError) or
+                                 (isinstance(exc, RuntimeError) and any(s in str(exc) for s in _PEER_LOST)))
 
 
 def launched_by_torchrun() -> bool:
@@ -108,11 +119,3 @@ def broadcast_module(module: torch.nn.Module) -> None:
 def barrier() -> None:
     if world_size() > 1:
         dist.barrier()
-
-
-def same_on_every_rank(value: Any) -> bool:
-    """Whether every rank holds an equal (picklable) value: a cheap guard for decisions all ranks must share."""
-    if world_size() == 1:
-        return True
-    blobs = all_gather(pickle.dumps(value))
-    return all(b == blobs[0] for b in blobs)

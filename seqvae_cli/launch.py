@@ -14,6 +14,7 @@ import sys
 import uuid
 from pathlib import Path
 
+from . import distributed
 from .config import override_keys
 from .errors import SeqvaeError
 
@@ -37,7 +38,10 @@ def train_with_torchrun(devices: int, overrides: list[str], run_dir: Path) -> fl
     try:
         elastic_launch(config, entrypoint=sys.executable)(*args)
     except ChildFailedError as exc:
-        rank, failure = min(exc.failures.items())   # the first process that failed
+        # The cause, not its echoes: ranks whose collectives lost a peer (PEER_LOST_EXIT), or that the launcher
+        # stopped (SIGTERM) after the first failure, come last.
+        rank, failure = min(exc.failures.items(), key=lambda item: (
+            item[1].exitcode == distributed.PEER_LOST_EXIT, item[1].signal_name() == "SIGTERM", item[1].timestamp))
         resume = f"continue it with: seqvae train run_dir={run_dir} trainer.resume=true trainer.devices={devices}"
         if failure.exitcode == 2:
             # A seqvae error: that process has printed its own line; the others were stopped after it.
