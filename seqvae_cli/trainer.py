@@ -25,7 +25,7 @@ from torch.utils.tensorboard.summary import hparams as hparams_summary
 from tqdm import tqdm
 
 from . import distributed, visuals
-from .captured_step import CapturedStep
+from .captured_step import WARMUP_STEPS, CapturedStep
 from .checkpoint import FORMAT, build, load_checkpoint, load_model_state, save_atomic
 from .config import is_bf16, metric_mode, override_keys, setup_device
 from .data import Batch
@@ -353,7 +353,7 @@ class Trainer:
                        if self.rank == 0 else NullWriter())
         if self.capture:
             log.info("trainer.cuda_graphs: the training step is captured as a CUDA graph after %d eager steps",
-                     3)
+                     WARMUP_STEPS)
 
     def wrap_ddp(self) -> torch.nn.Module:
         """The training loss as a DistributedDataParallel module: its forward runs the objective, so DDP
