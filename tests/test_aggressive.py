@@ -69,10 +69,10 @@ def inner_loop(losses, check_every, max_inner_steps, sizes=None):
     held = [torch.nn.Parameter(torch.zeros(2))]
     seen = []
 
-    def update(batch):
+    def update(batch, kl_weight):
         assert not held[0].requires_grad            # the decoder is held fixed inside the loop
         seen.append(batch["id"])
-        return None, losses[len(seen) - 1]
+        return SimpleNamespace(loss=torch.tensor(losses[len(seen) - 1]))
 
     def batch(i):
         examples, tokens = (sizes or {}).get(i, (1, None))
@@ -82,7 +82,8 @@ def inner_loop(losses, check_every, max_inner_steps, sizes=None):
         return b
 
     fake = SimpleNamespace(aggressive=SimpleNamespace(max_inner_steps=max_inner_steps, check_every=check_every,
-                                                      decoder_params=held), update=update)
+                                                      decoder_params=held), optimizer_update=update,
+                           objective=SimpleNamespace(kl_weight=lambda step: 1.0), step=0)
     done = Trainer.catch_up_encoder(fake, batch(0), (batch(i) for i in itertools.count(1)))
     assert held[0].requires_grad                    # released afterwards
     return done, seen
