@@ -74,5 +74,6 @@ class CapturedStep:
         self.inputs = {key: value.clone() for key, value in batch.items()}
         torch.cuda.synchronize(self.device)
         self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
+        # The warm-up's stream: libraries that cache handles per stream (cuBLAS workspaces) found theirs there.
+        with torch.cuda.graph(self.graph, stream=self.side):
             self.outputs = self.step(self.inputs, self.kl_weight)
