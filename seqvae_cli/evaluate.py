@@ -91,8 +91,10 @@ def evaluate(model: LatentModel, dm: DataModule, split: str, iw_samples: int = 0
     state is put back afterwards: the numbers then depend neither on what ran before nor on how the batches are
     shared among processes. sharded: under DDP each rank scores every W-th batch and the results are gathered, so
     every rank returns what one process would (to float rounding); every rank must call it."""
-    devices = [mu_device(model)] if mu_device(model).type == "cuda" else []
-    with torch.random.fork_rng(devices=devices, enabled=seed is not None):
+    device = mu_device(model)
+    devices = [device] if device.type in ("cuda", "mps") else []
+    with torch.random.fork_rng(devices=devices, enabled=seed is not None,
+                               device_type=device.type if devices else "cuda"):
         return _evaluate(model, dm, split, iw_samples, limit, batch_size, rows_per_chunk, with_mutual_info,
                          progress, score, out_dir, iw_bf16, seed, sharded)
 

@@ -720,10 +720,9 @@ class Trainer:
 
     def check_optimized_metric(self) -> None:
         """Score the validation split once before training, so a wrong optimized_metric fails in seconds rather
-        than after the first epoch. The RNG streams are put back: training draws what it would without this."""
-        devices = [self.device] if self.device.type in ("cuda", "mps") else []
-        with torch.random.fork_rng(devices=devices, device_type=self.device.type if devices else "cuda"):
-            self.optimized_value(self.validation_metrics())
+        than after the first epoch. Training draws what it would without this: a seeded evaluation puts the RNG
+        streams back."""
+        self.optimized_value(self.validation_metrics())
 
     def validate(self) -> dict:
         tc = self.cfg.trainer

@@ -38,17 +38,22 @@ def test_best_checkpoint_of_a_maximised_metric_is_its_highest_value(tmp_path, mo
 
 
 
-def test_the_metric_check_before_training_leaves_the_random_streams_alone(tmp_path, mnist_data_dir):
-    """fit() scores the validation split once before the first epoch; that pass draws posterior samples, so
-    without restoring the RNG it would shift every later draw of training."""
+def test_evaluation_leaves_the_random_streams_alone_and_draws_the_same_samples_each_time(tmp_path, mnist_data_dir):
+    """fit() scores the validation split once before the first epoch, and after each; those passes draw posterior
+    samples, from seeds of their own, so training draws what it would without them, and a score does not depend
+    on what ran before it."""
     cfg = compose_train_config("debug=smoke", "trainer.progress_bar=false", "trainer.log_visuals=false",
                                "device=cpu")
     trainer = trainer_module.Trainer(cfg, tmp_path, [])
     before = torch.get_rng_state()
     trainer.check_optimized_metric()
+    first = trainer.validation_metrics()
     assert torch.equal(torch.get_rng_state(), before)
-    trainer.validation_metrics()                       # the same pass, unguarded, does move the stream
-    assert not torch.equal(torch.get_rng_state(), before)
+    torch.randn(100)                                   # whatever ran before does not change the score
+    assert trainer.validation_metrics()["rec"] == first["rec"]
+    unseeded = trainer_module.evaluate(trainer.model, trainer.dm, "val", limit=2, with_mutual_info=False)
+    assert not torch.equal(torch.get_rng_state(), before)     # without a seed, evaluation draws from the stream
+    assert unseeded["rec"] != first["rec"]
 
 @pytest.mark.parametrize("mode, metric, best_first", [("max", "val/auroc", 0.95), ("min", "val/neg_elbo", 0.80)])
 def test_report_ranks_jobs_by_the_metric_direction(tmp_path, capsys, mode, metric, best_first):

@@ -64,14 +64,10 @@ def test_ema_follows_its_recursion_and_training_is_unchanged(tmp_path, mnist_dat
 def test_validation_and_checkpoints_use_the_average(tmp_path, mnist_data_dir):
     trainer, _ = trained(tmp_path, "trainer.weight_average.kind=ema", "trainer.weight_average.ema_decay=0.5",
                          epochs=1)
-    torch.manual_seed(0)                # validation draws z: the same draws for all three scores
-    metrics = trainer.validate()
-    torch.manual_seed(0)
-    of_average = evaluate(trainer.average.model, trainer.dm, "val", limit=trainer.cfg.trainer.limit_val_batches,
-                          with_mutual_info=False)
-    torch.manual_seed(0)
-    of_training = evaluate(trainer.model, trainer.dm, "val", limit=trainer.cfg.trainer.limit_val_batches,
-                           with_mutual_info=False)
+    metrics = trainer.validate()        # validation draws z seeded by trainer.seed: the same draws for all three
+    seed, limit = trainer.cfg.trainer.seed, trainer.cfg.trainer.limit_val_batches
+    of_average = evaluate(trainer.average.model, trainer.dm, "val", limit=limit, with_mutual_info=False, seed=seed)
+    of_training = evaluate(trainer.model, trainer.dm, "val", limit=limit, with_mutual_info=False, seed=seed)
     assert metrics["rec"] == of_average["rec"]
     assert of_average["rec"] != pytest.approx(of_training["rec"], abs=1e-3)
     best = load_checkpoint(tmp_path / "checkpoints" / "best.pt")
