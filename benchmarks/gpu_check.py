@@ -183,7 +183,7 @@ class Check:
     # ------------------------------------------------------------------------------------- textbook loops
     def textbook_mnist(self) -> float:
         """pytorch/examples vae/main.py's train() on self.device: median seconds per epoch after the first."""
-        from mnist_speed import NUM_TRAIN, VAE, loss_function
+        from mnist_speed import NUM_TRAIN, VAE, textbook_train_epoch
         from torch.utils.data import DataLoader, Subset
         from torchvision import datasets, transforms
         torch.manual_seed(0)
@@ -195,17 +195,8 @@ class Check:
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
         seconds = []
         for _ in range(self.args.textbook_epochs):
-            start, train_loss = time.perf_counter(), 0.0
-            for i, (data, _) in enumerate(loader):
-                if self.quick and i == QUICK_BATCHES:
-                    break
-                data = data.to(self.device)
-                optimizer.zero_grad()
-                recon_batch, mu, logvar = model(data)
-                loss = loss_function(recon_batch, data, mu, logvar)
-                loss.backward()
-                train_loss += loss.item()
-                optimizer.step()
+            start = time.perf_counter()
+            textbook_train_epoch(model, loader, optimizer, self.device, QUICK_BATCHES if self.quick else None)
             self.sync()
             seconds.append(time.perf_counter() - start)
         return statistics.median(seconds[1:])

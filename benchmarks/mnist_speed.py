@@ -99,11 +99,17 @@ def loss_function(recon_x, x, mu, logvar):
     return bce + kld
 
 
-def textbook_train_epoch(model, loader, optimizer) -> float:
-    """The example's train(epoch) without its prints; returns the loss summed over the epoch."""
+def textbook_train_epoch(model, loader, optimizer, device: torch.device | None = None,
+                         max_batches: int | None = None) -> float:
+    """The example's train(epoch) without its prints; returns the loss summed over the epoch. device: where the
+    example moves each batch (`data.to(device)`, its CUDA path); max_batches: stop early (gpu_check --quick)."""
     model.train()
     train_loss = 0.0
-    for data, _ in loader:
+    for i, (data, _) in enumerate(loader):
+        if i == max_batches:
+            break
+        if device is not None:
+            data = data.to(device)
         optimizer.zero_grad()
         recon_batch, mu, logvar = model(data)
         loss = loss_function(recon_batch, data, mu, logvar)
