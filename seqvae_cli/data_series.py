@@ -33,7 +33,7 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 import torch
 
-from .config import number, one_of
+from .config import RULES, one_of, value_error
 from .data import Batch, DataModule, batch_limit, read_text_file, resolve_data_dir
 from .errors import SeqvaeError
 
@@ -49,35 +49,12 @@ NAB_URL = "https://github.com/numenta/NAB"
 
 # ------------------------------------------------------------------------------------ config checks
 
-def check(key: str, value: Any, rule: tuple[Callable[[Any], bool], str]) -> None:
-    """Raise the usual one-line config error when `value` breaks `rule` (a config.py rule)."""
-    ok, allowed = rule
-    if not ok(value):
-        raise SeqvaeError(f"config error: data.{key}={value!r} is not allowed; expected {allowed} "
-                          f"(fix it with the override data.{key}=...)")
-
-
-def fraction(lo_open: bool = True, hi_open: bool = True) -> tuple[Callable[[Any], bool], str]:
-    def ok(v: Any) -> bool:
-        if isinstance(v, bool) or not isinstance(v, (int, float)):
-            return False
-        return (v > 0 if lo_open else v >= 0) and (v < 1 if hi_open else v <= 1)
-    return ok, f"a number in {'(' if lo_open else '['}0, 1{')' if hi_open else ']'}"
-
-
-def number_range() -> tuple[Callable[[Any], bool], str]:
-    return (lambda v: isinstance(v, (list, tuple)) and len(v) == 2
-            and all(isinstance(i, (int, float)) and not isinstance(i, bool) for i in v) and v[0] <= v[1]), \
-        "a list [low, high] of two numbers with low <= high"
-
-
-def optional_int(lo: int) -> tuple[Callable[[Any], bool], str]:
-    return (lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= lo)), \
-        f"null or an integer >= {lo}"
-
-
-def boolean() -> tuple[Callable[[Any], bool], str]:
-    return (lambda v: isinstance(v, bool)), "true or false"
+def check(key: str, value: Any, rule: tuple[Callable[[Any], bool], str] | None = None) -> None:
+    """Raise the usual one-line config error when `value` breaks `rule`, by default config.RULES["data.<key>"]: the
+    rule validate() applies to the composed config, so a module built from a checkpoint is held to the same one."""
+    rule = rule or RULES[f"data.{key}"]
+    if not rule[0](value):
+        raise value_error(f"data.{key}", value, rule)
 
 
 # --------------------------------------------------------------------------------------- windowing
@@ -235,9 +212,9 @@ class SeriesData(DataModule):
         self.name, self.data_dir, self.normalize = name, data_dir, normalize
         with self.deferred_errors():
             check("normalize", normalize, one_of(*self.NORMALIZE))
-            check("batch_size", batch_size, number(1, integer=True))
-            check("eval_batch_size", eval_batch_size, number(1, integer=True))
-            check("eval_iw_samples", eval_iw_samples, number(1, integer=True))
+            check("batch_size", batch_size)
+            check("eval_batch_size", eval_batch_size)
+            check("eval_iw_samples", eval_iw_samples)
             self.batch_size, self.eval_batch_size = int(batch_size), int(eval_batch_size)
             self.eval_iw_samples = int(eval_iw_samples)
         self.splits: dict[str, dict[str, torch.Tensor]] = {}
@@ -412,13 +389,13 @@ class WindowedSeriesData(SeriesData):
         super().__init__(**base)
         self.parts: dict[str, list[SeriesPart]] = {}
         with self.deferred_errors():
-            check("window", window, number(2, integer=True))
-            check("stride", stride, number(1, integer=True))
-            check("test_stride", test_stride, number(1, integer=True))
-            check("train_fraction", train_fraction, fraction())
-            check("val_fraction", val_fraction, fraction())
-            check("max_train_length", max_train_length, optional_int(2))
-            check("test_context", test_context, boolean())
+            check("window", window)
+            check("stride", stride)
+            check("test_stride", test_stride)
+            check("train_fraction", train_fraction)
+            check("val_fraction", val_fraction)
+            check("max_train_length", max_train_length)
+            check("test_context", test_context)
             self.window, self.stride, self.test_stride = int(window), int(stride), int(test_stride)
             self.train_fraction, self.val_fraction = float(train_fraction), float(val_fraction)
             self.max_train_length, self.test_context = max_train_length, bool(test_context)
@@ -803,17 +780,17 @@ class SinesData(SeriesData):
                 raise SeqvaeError(f"config error: data.num_series has unknown key(s) {', '.join(unknown)}; "
                                   f"expected train, val and test")
             for split in SPLITS:
-                check(f"num_series.{split}", num_series.get(split), number(1, integer=True))
-            check("seq_len", seq_len, number(2, integer=True))
-            check("channels", channels, number(1, integer=True))
-            check("seed", seed, number(0, integer=True))
+                check(f"num_series.{split}", num_series.get(split))
+            check("seq_len", seq_len)
+            check("channels", channels)
+            check("seed", seed)
             for key, value in (("frequency", frequency), ("phase", phase), ("amplitude", amplitude)):
-                check(key, list(value) if isinstance(value, (list, tuple)) else value, number_range())
-            check("noise_std", noise_std, number(0))
-            check("anomaly_fraction", anomaly_fraction, fraction(lo_open=False, hi_open=False))
+                check(key, list(value) if isinstance(value, (list, tuple)) else value)
+            check("noise_std", noise_std)
+            check("anomaly_fraction", anomaly_fraction)
             check("anomaly_kind", anomaly_kind, one_of("spike", "frequency", "mixed"))
-            check("spike_size", spike_size, number(0))
-            check("frequency_factor", frequency_factor, number(0, lo_open=True))
+            check("spike_size", spike_size)
+            check("frequency_factor", frequency_factor)
             self.num_series = {s: int(num_series[s]) for s in SPLITS}
             self.seq_len_setting, self.channels, self.seed = int(seq_len), int(channels), int(seed)
             self.frequency, self.phase, self.amplitude = list(frequency), list(phase), list(amplitude)
@@ -890,10 +867,10 @@ class ECG5000Data(SeriesData):
         self.split_index: dict[str, torch.Tensor] = {}
         with self.deferred_errors():
             check("protocol", protocol, one_of("normal_only", "ucr"))
-            check("num_val_normal", num_val_normal, number(1, integer=True))
-            check("num_test_normal", num_test_normal, number(1, integer=True))
-            check("ucr_num_val", ucr_num_val, number(1, integer=True))
-            check("seed", seed, number(0, integer=True))
+            check("num_val_normal", num_val_normal)
+            check("num_test_normal", num_test_normal)
+            check("ucr_num_val", ucr_num_val)
+            check("seed", seed)
             self.seed, self.ucr_num_val = int(seed), int(ucr_num_val)
             self.num_val_normal, self.num_test_normal = int(num_val_normal), int(num_test_normal)
 
