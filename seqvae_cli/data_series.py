@@ -43,6 +43,10 @@ SPLITS = ("train", "val", "test")
 UNKNOWN = -1
 # Cells that mean "no value" in a CSV file (compared lower-case, after stripping blanks).
 MISSING_MARKERS = frozenset({"", "nan", "na", "n/a", "null", "none", "-"})
+# The largest magnitude a data cell may have. A z-score squares the values (1e300 squared is inf in float64, so one
+# such cell made the scale inf and trained the column as zeros), and the model and plots hold them in float32 (max
+# 3.4e38): 1e30 leaves room for both, and no sensor reads that much.
+MAX_ABS_VALUE = 1e30
 UCR_URL = "https://www.cs.ucr.edu/~eamonn/time_series_data_2018/"
 NAB_URL = "https://github.com/numenta/NAB"
 
@@ -157,6 +161,13 @@ def fit_normalizer(groups: Sequence[torch.Tensor], mode: str,
         else:
             shift, scale = v.mean(dims), v.std(dims, unbiased=False)
         shift, scale = shift.reshape(-1, channels), scale.reshape(-1, channels)   # [T or 1, C]
+        overflow = ~(torch.isfinite(shift) & torch.isfinite(scale))
+        if overflow.any():   # the readers refuse such cells; generated data (sines' amplitude) can still get here
+            step, channel = (int(i) for i in overflow.nonzero()[0])
+            what = describe(g, channel, step if mode == "per_step" else None)
+            raise SeqvaeError(f"{what}: its training values are too large to normalise (largest magnitude "
+                              f"{float(v.abs().max()):g}; mean {float(shift[step, channel]):g}, scale "
+                              f"{float(scale[step, channel]):g}); keep values within +-{MAX_ABS_VALUE:g}")
         flat = v.reshape(-1, v.shape[1] if mode == "per_step" else 1, channels).abs().amax(0)
         bad = scale <= 1e-10 * flat.clamp_min(1.0)
         if bad.any():
@@ -500,6 +511,26 @@ def _is_missing(cell: str) -> bool:
     return cell.strip().lower() in MISSING_MARKERS
 
 
+def _cell_problem(cell: str) -> str:
+    """What is wrong with a value cell that did not parse as a finite number of at most MAX_ABS_VALUE."""
+    cell = cell.strip()
+    if _is_missing(cell):
+        return "missing value"
+    try:
+        value = float(cell)
+    except ValueError:
+        return f"non-numeric value {cell!r}"
+    if not math.isfinite(value):
+        return f"non-finite value {cell!r}"
+    return f"value {cell} beyond +-{MAX_ABS_VALUE:g}"
+
+
+def _cell_fix(cell: str) -> str:
+    if _is_missing(cell.strip()) or _parse_number(cell) is None:
+        return "fill or drop that row"
+    return "a value that large breaks the normalisation (its square overflows): correct or drop that row"
+
+
 def _parse_number(cell: str) -> float | None:
     try:
         value = float(cell)
@@ -565,13 +596,9 @@ def read_csv_series(path: Path, timestamp_column: str | None, value_columns: Seq
     for j, i in enumerate(value_idx):
         for r, row in enumerate(rows):
             value = _parse_number(row[i])
-            if value is None:
-                cell = row[i].strip()
-                what = "missing value" if _is_missing(cell) else f"non-numeric value {cell!r}"
-                if cell.lower() in ("inf", "+inf", "-inf", "infinity", "-infinity"):
-                    what = f"non-finite value {cell!r}"
-                raise SeqvaeError(f"{where}: {what} at row {r + 1} (line {lines[r]}), column {header[i]!r}; "
-                                  f"seqvae does not impute: fill or drop that row")
+            if value is None or abs(value) > MAX_ABS_VALUE:
+                raise SeqvaeError(f"{where}: {_cell_problem(row[i])} at row {r + 1} (line {lines[r]}), column "
+                                  f"{header[i]!r}; seqvae does not impute: {_cell_fix(row[i])}")
             values[r, j] = value
     labels = np.full(len(rows), UNKNOWN, dtype=np.int64)
     if label_idx is not None:
@@ -689,6 +716,10 @@ class NABData(WindowedSeriesData):
                 raise SeqvaeError(f"NAB series {name!r} (data.series) is not in the label file {label_path} "
                                   f"({len(windows)} series; {hint}): names are <category>/<file>.csv under "
                                   f"{root / 'data'}")
+            if not isinstance(windows[name], list):
+                raise SeqvaeError(f"NAB label file {label_path}: the entry of {name} is {windows[name]!r} (a "
+                                  f"{type(windows[name]).__name__}); expected a list of [start, end] timestamp pairs "
+                                  f"([] for none); restore it from {NAB_URL}")
             path = root / "data" / name
             if not path.is_file():
                 raise SeqvaeError(f"NAB series file {path} not found although {label_path.name} lists {name}; {get}")
@@ -706,12 +737,19 @@ class NABData(WindowedSeriesData):
             raise SeqvaeError(f"{path}: a timestamp is not a date-time ({exc}); "
                               f"expected e.g. 2014-07-01 00:00:00") from None
         labels = np.zeros(ts.size, dtype=np.int64)
-        for w in windows:
+        for i, w in enumerate(windows):
+            wrong = f"NAB label file {label_path}: window {i} of {name}, {w!r},"
+            # Numbers would parse as years (1 -> 0001-01-01) and label nothing.
+            if not (isinstance(w, list) and len(w) == 2 and all(isinstance(t, str) for t in w)):
+                raise SeqvaeError(f"{wrong} is not a [start, end] pair of timestamps; expected e.g. "
+                                  f'["2014-07-01 00:00:00.000000", "2014-07-02 00:00:00.000000"]')
             try:
-                lo, hi = (np.datetime64(str(t).replace(" ", "T"), "us") for t in w)
-            except (ValueError, TypeError):
-                raise SeqvaeError(f"NAB label file {label_path}: window {w!r} of {name} is not a [start, end] "
-                                  f"pair of timestamps") from None
+                lo, hi = (np.datetime64(t.strip().replace(" ", "T"), "us") for t in w)
+            except ValueError:
+                raise SeqvaeError(f"{wrong} holds a timestamp that is not a date-time; expected e.g. "
+                                  f"2014-07-01 00:00:00.000000") from None
+            if lo > hi:
+                raise SeqvaeError(f"{wrong} ends before it starts; expected [start, end] with start <= end")
             labels[(ts >= lo) & (ts <= hi)] = 1
         return labels
 
@@ -815,9 +853,9 @@ class SinesData(SeriesData):
 
 # ------------------------------------------------------------------------------------------- ECG5000
 
-def read_ucr(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
+def read_ucr(path: Path, classes_allowed: Sequence[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """A UCR-archive file (class label, then the values; tab-, comma- or blank-separated) ->
-    classes LongTensor [N] and values float64 [N, T]."""
+    classes LongTensor [N] and values float64 [N, T]. classes_allowed: the dataset's classes (others are refused)."""
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
@@ -837,6 +875,11 @@ def read_ucr(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
             col = int(np.flatnonzero(~np.isfinite(row))[0])
             raise SeqvaeError(f"{path}: missing value ({fields[col]}) at line {ln}, column {col + 1}; ECG5000 beats "
                               f"have no gaps: restore the file from the UCR archive 2018, {UCR_URL}")
+        if (np.abs(row[1:]) > MAX_ABS_VALUE).any():
+            col = int(np.flatnonzero(np.abs(row[1:]) > MAX_ABS_VALUE)[0]) + 1
+            raise SeqvaeError(f"{path}: value {fields[col]} at line {ln}, column {col + 1} is beyond "
+                              f"+-{MAX_ABS_VALUE:g} (UCR beats are z-normalised, within a few units): restore the "
+                              f"file from the UCR archive 2018, {UCR_URL}")
         if first is None:
             first = (ln, row.size)
         elif row.size != first[1]:
@@ -844,6 +887,10 @@ def read_ucr(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
                               f"every beat must have the same length")
         if row.size < 2 or not float(row[0]).is_integer():
             raise SeqvaeError(f"{path}: line {ln} does not start with an integer class label ({fields[0]!r})")
+        if classes_allowed is not None and int(row[0]) not in classes_allowed:
+            raise SeqvaeError(f"{path}: line {ln} has class {int(row[0])}; expected one of "
+                              f"{', '.join(map(str, classes_allowed))}: restore the file from the UCR archive "
+                              f"2018, {UCR_URL}")
         classes.append(int(row[0]))
         rows.append(row[1:])
     if not rows:
@@ -856,6 +903,7 @@ class ECG5000Data(SeriesData):
 
     NORMALIZE = ("global", "per_step", "none")
     FILES = ("ECG5000_TRAIN.tsv", "ECG5000_TEST.tsv")
+    CLASSES = (1, 2, 3, 4, 5)   # 1 normal, 2-5 abnormal
 
     def __init__(self, data_dir: str = ".", folder: str = "ECG5000", protocol: str = "normal_only",
                  num_val_normal: int = 300, num_test_normal: int = 600, ucr_num_val: int = 50, seed: int = 0,
@@ -886,7 +934,7 @@ class ECG5000Data(SeriesData):
                 f"is no download: get ECG5000 from the UCR archive 2018, {UCR_URL} (UCRArchive_2018/ECG5000/), put "
                 f"the two .tsv files in {root}, or set paths.data_dir (or $SEQVAE_DATA_DIR) to the folder that "
                 f"holds {self.folder}/")
-        (train_c, train_x), (test_c, test_x) = (read_ucr(root / f) for f in self.FILES)
+        (train_c, train_x), (test_c, test_x) = (read_ucr(root / f, self.CLASSES) for f in self.FILES)
         if train_x.shape[1] != test_x.shape[1]:
             raise SeqvaeError(f"{root}: the TRAIN beats have {train_x.shape[1]} steps but the TEST beats "
                               f"{test_x.shape[1]}; restore the files from {UCR_URL}")
