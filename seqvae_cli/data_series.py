@@ -717,9 +717,9 @@ class NABData(WindowedSeriesData):
                                   f"({len(windows)} series; {hint}): names are <category>/<file>.csv under "
                                   f"{root / 'data'}")
             if not isinstance(windows[name], list):
-                raise SeqvaeError(f"NAB label file {label_path}: the entry of {name} is {windows[name]!r} (a "
-                                  f"{type(windows[name]).__name__}); expected a list of [start, end] timestamp pairs "
-                                  f"([] for none); restore it from {NAB_URL}")
+                raise SeqvaeError(f"NAB label file {label_path}: the entry of {name} is {json.dumps(windows[name])}, "
+                                  f"not a list; expected a list of [start, end] timestamp pairs ([] for none); "
+                                  f"restore it from {NAB_URL}")
             path = root / "data" / name
             if not path.is_file():
                 raise SeqvaeError(f"NAB series file {path} not found although {label_path.name} lists {name}; {get}")
