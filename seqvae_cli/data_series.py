@@ -527,7 +527,7 @@ def _cell_problem(cell: str) -> str:
 
 def _cell_fix(cell: str) -> str:
     if _is_missing(cell.strip()) or _parse_number(cell) is None:
-        return "fill or drop that row"
+        return "seqvae does not impute: fill or drop that row"
     return "a value that large breaks the normalisation (its square overflows): correct or drop that row"
 
 
@@ -598,7 +598,7 @@ def read_csv_series(path: Path, timestamp_column: str | None, value_columns: Seq
             value = _parse_number(row[i])
             if value is None or abs(value) > MAX_ABS_VALUE:
                 raise SeqvaeError(f"{where}: {_cell_problem(row[i])} at row {r + 1} (line {lines[r]}), column "
-                                  f"{header[i]!r}; seqvae does not impute: {_cell_fix(row[i])}")
+                                  f"{header[i]!r}; {_cell_fix(row[i])}")
             values[r, j] = value
     labels = np.full(len(rows), UNKNOWN, dtype=np.int64)
     if label_idx is not None:
