@@ -275,6 +275,12 @@ def test_the_resume_hint_only_offers_what_a_resume_may_change(fake_mnist, tmp_pa
                                     f"optim.lr=0.0001 optim.grad_clip=5.0")
 
 
+def test_cli_nan_stop_is_one_line_with_its_cure(fake_mnist, tmp_path):
+    proc = run_seqvae(["train", *tiny_mnist(fake_mnist, "objective.beta=1e39"), "run_dir=run"], cwd=tmp_path)
+    line = assert_one_error_line(proc, "the loss became inf at step 0 (epoch 1)", "start again with objective.beta=1")
+    assert "optim.lr" not in line and not (tmp_path / "run" / "checkpoints" / "last.pt").exists()
+
+
 @pytest.mark.parametrize("optim,values,updates_done,cure", [
     (dict(lr=2e-3, grad_clip=0.0), {"rec": math.nan, "loss": math.nan}, True, ["optim.lr=0.0002", "optim.grad_clip=5.0"]),
     (dict(lr=0.5, grad_clip=1.0), None, True, ["optim.lr=0.001"]),          # an absurd lr: straight to a sane one
