@@ -6,6 +6,7 @@ unknown group options are already refused by Hydra (struct mode, group lookup) b
 from __future__ import annotations
 
 import datetime
+import math
 import numbers
 import os
 from pathlib import Path
@@ -49,7 +50,8 @@ BOOLEAN = (lambda v: isinstance(v, bool)), "true or false"
 
 
 def precision_rule() -> tuple[Callable[[Any], bool], str]:
-    return (lambda v: v in (32, "32", "bf16-mixed") and not isinstance(v, bool)), "32 or bf16-mixed"
+    return (lambda v: v in ("32", "bf16-mixed") or (isinstance(v, int) and not isinstance(v, bool) and v == 32)), \
+        "32 or bf16-mixed"
 
 
 def is_bf16(precision: Any) -> bool:
@@ -58,22 +60,50 @@ def is_bf16(precision: Any) -> bool:
 
 
 def number(lo: float | None = None, hi: float | None = None, integer: bool = False,
-           lo_open: bool = False) -> tuple[Callable[[Any], bool], str]:
+           lo_open: bool = False, hi_open: bool = False) -> tuple[Callable[[Any], bool], str]:
+    """A finite number within the bounds. NaN and +-inf are refused everywhere: no key gives them a meaning, and
+    `x > 0` is False for NaN, so a NaN clip or floor would switch its feature off without a word. An integer key
+    takes an integer only: Hydra reads `2.0` as a float, which torch sizes and seeds do not accept."""
     def ok(v: Any) -> bool:
         if isinstance(v, bool) or not isinstance(v, numbers.Real):
             return False
-        if integer and not float(v).is_integer():
+        if integer and not isinstance(v, numbers.Integral):
+            return False
+        if not isinstance(v, numbers.Integral) and not math.isfinite(v):
             return False
         if lo is not None and (v <= lo if lo_open else v < lo):
             return False
-        return hi is None or v <= hi
-    kind = "an integer" if integer else "a number"
+        return hi is None or (v < hi if hi_open else v <= hi)
+    kind = "an integer" if integer else "a finite number"
     bounds = []
     if lo is not None:
         bounds.append(f"{'>' if lo_open else '>='} {lo}")
     if hi is not None:
-        bounds.append(f"<= {hi}")
+        bounds.append(f"{'<' if hi_open else '<='} {hi}")
     return ok, kind + (" " + " and ".join(bounds) if bounds else "")
+
+
+# Seeds reach torch's generators (which take [-2**63, 2**64 - 1]) after offsets and products: seed + 1_000_003 *
+# rank in the trainer, seed * 100_003 + batch in evaluate, seed * 3 + split for the sines. 32 bits, the usual range
+# of a seed, leaves room for all of them.
+SEED_MAX = 2**32 - 1
+
+
+def seed_rule() -> tuple[Callable[[Any], bool], str]:
+    return number(0, SEED_MAX, integer=True)
+
+
+def optional_positive_int(none_means: str = "") -> tuple[Callable[[Any], bool], str]:
+    """null or an integer >= 1 (true and 1.0 are refused)."""
+    return (lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= 1)), \
+        f"null{f' ({none_means})' if none_means else ''} or a positive integer"
+
+
+def number_pair() -> tuple[Callable[[Any], bool], str]:
+    """A [low, high] range of two finite numbers."""
+    is_number = number()[0]
+    return (lambda v: isinstance(v, (list, tuple)) and len(v) == 2 and all(is_number(i) for i in v)
+            and v[0] <= v[1]), "a list [low, high] of two finite numbers with low <= high"
 
 
 def positive_int_list() -> tuple[Callable[[Any], bool], str]:
@@ -95,13 +125,13 @@ def resume_rule() -> tuple[Callable[[Any], bool], str]:
 # key -> (check, description). Keys absent from a config (e.g. text-only keys on MNIST) are skipped.
 RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "device.type": one_of("auto", "cpu", "cuda", "mps"),
-    "device.num_threads": (lambda v: v is None or (isinstance(v, int) and v > 0), "null or a positive integer"),
+    "device.num_threads": optional_positive_int(),
     "data.binarize": one_of("dynamic", "static", "none"),
     "data.batch_size": number(1, integer=True),
     "data.eval_batch_size": number(1, integer=True),
     "data.num_val": number(1, 59999, integer=True),
     "data.eval_iw_samples": number(1, integer=True),
-    "data.static_seed": number(0, integer=True),
+    "data.static_seed": seed_rule(),
     "data.download": BOOLEAN,
     "model.hidden_sizes": positive_int_list(),
     "model.activation": one_of("relu", "elu", "tanh", "softplus", "gelu"),
@@ -138,13 +168,14 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "optim.lr_step_epochs": number(1, integer=True),
     "optim.warmup_steps": number(0, integer=True),
     "trainer.max_epochs": number(1, integer=True),
-    "trainer.max_steps": (lambda v: isinstance(v, int) and (v == -1 or v > 0), "-1 (no limit) or a positive integer"),
+    "trainer.max_steps": (lambda v: isinstance(v, int) and not isinstance(v, bool) and (v == -1 or v > 0),
+                          "-1 (no limit) or a positive integer"),
     "trainer.limit_train_batches": batch_limit_rule(),
     "trainer.limit_val_batches": batch_limit_rule(),
     "trainer.limit_test_batches": batch_limit_rule(),
     "trainer.val_every": number(1, integer=True),
     "trainer.log_every": number(1, integer=True),
-    "trainer.seed": number(0, integer=True),
+    "trainer.seed": seed_rule(),
     "trainer.precision": precision_rule(),
     "iw_precision": precision_rule(),
     "trainer.resume": resume_rule(),
@@ -162,19 +193,18 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "split": one_of("train", "val", "test"),
     "checkpoint": (lambda v: v in ("best", "last") or (isinstance(v, str) and v.endswith(".pt")),
                    "best, last or a path to a .pt file"),
-    "iw_samples": (lambda v: v is None or (isinstance(v, int) and v >= 1), "null or a positive integer"),
-    "iw_rows_per_chunk": (lambda v: v is None or (isinstance(v, int) and v >= 1), "null or a positive integer"),
-    "limit_examples": (lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= 1),
-                       "null (the whole split) or a positive integer"),
+    "iw_samples": optional_positive_int(),
+    "iw_rows_per_chunk": optional_positive_int(),
+    "limit_examples": optional_positive_int("the whole split"),
     "batch_size": number(1, integer=True),
+    "seed": seed_rule(),
     # sample: how many pictures/sentences, and the grids' sizes
     "num_samples": number(1, integer=True),
     "num_reconstructions": number(1, integer=True),
     "interpolation_steps": number(2, integer=True),
     "traversal_steps": number(2, integer=True),
     "traversal_range": number(0, lo_open=True),
-    "traversal_dims": (lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= 1),
-                       "null (every dimension) or a positive integer"),
+    "traversal_dims": optional_positive_int("every dimension"),
     "manifold_size": number(2, integer=True),
     "scatter_points": number(1, integer=True),
     "sentences": (lambda v: v is None or isinstance(v, (str, int, float)) or
@@ -186,8 +216,9 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "data.relative_to": one_of("data_dir", "cwd"),
     "data.min_freq": number(1, integer=True),
     "data.bucket_size": number(1, integer=True),
-    "data.max_size": (lambda v: v is None or (isinstance(v, int) and v >= 1), "null or a positive integer"),
-    "data.max_train_len": (lambda v: v is None or (isinstance(v, int) and v >= 1), "null or a positive integer"),
+    "data.max_size": optional_positive_int(),
+    "data.max_train_len": optional_positive_int(),
+    "data.lowercase": BOOLEAN,
     "model.rnn": one_of("lstm", "gru"),
     "model.z_conditioning": one_of("init", "concat", "both"),
     "model.embed_dim": number(1, integer=True),
@@ -198,6 +229,9 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "model.embed_dropout": number(0, 1),
     "model.output_dropout": number(0, 1),
     "model.weight_drop": number(0, 1),
+    "model.bidirectional": BOOLEAN,
+    "model.tie_weights": BOOLEAN,
+    "model.packed": (lambda v: v is None or isinstance(v, bool), "null (auto), true or false"),
     # sample (text decoding)
     "temperature": number(0),
     "top_k": number(0, integer=True),
@@ -214,8 +248,32 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "forecast_prefix": number(0, 1, lo_open=True),
     "num_forecasts": number(1, integer=True),
     "forecast_windows": number(1, integer=True),
-    "season": (lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= 1),
-               "null (estimated) or a positive integer"),
+    "season": optional_positive_int("estimated"),
+    # time-series data (data_series.py checks its constructor arguments with these same rules)
+    "data.seed": seed_rule(),
+    "data.window": number(2, integer=True),
+    "data.stride": number(1, integer=True),
+    "data.test_stride": number(1, integer=True),
+    "data.train_fraction": number(0, 1, lo_open=True, hi_open=True),
+    "data.val_fraction": number(0, 1, lo_open=True, hi_open=True),
+    "data.max_train_length": (lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= 2),
+                              "null or an integer >= 2"),
+    "data.test_context": BOOLEAN,
+    "data.num_val_normal": number(1, integer=True),
+    "data.num_test_normal": number(1, integer=True),
+    "data.ucr_num_val": number(1, integer=True),
+    "data.num_series.train": number(1, integer=True),
+    "data.num_series.val": number(1, integer=True),
+    "data.num_series.test": number(1, integer=True),
+    "data.seq_len": number(2, integer=True),
+    "data.channels": number(1, integer=True),
+    "data.frequency": number_pair(),
+    "data.phase": number_pair(),
+    "data.amplitude": number_pair(),
+    "data.noise_std": number(0),
+    "data.anomaly_fraction": number(0, 1),
+    "data.spike_size": number(0),
+    "data.frequency_factor": number(0, lo_open=True),
 }
 
 
@@ -242,6 +300,17 @@ def check_sweep_direction(metric: str, direction: str) -> None:
                           f"{'higher' if wanted == 'maximize' else 'lower'}; set hydra.sweeper.direction={wanted}")
 
 
+def value_error(key: str, value: Any, rule: tuple[Callable[[Any], bool], str]) -> SeqvaeError:
+    """The one-line error for `key=value` outside `rule`. A whole number written as a float (2.0) for an integer key
+    gets the override spelled as an integer."""
+    ok, allowed = rule
+    example = "..."
+    if isinstance(value, float) and value.is_integer() and ok(int(value)):
+        example = str(int(value))
+    return SeqvaeError(f"config error: {key}={value!r} is not allowed; expected {allowed} "
+                       f"(fix it with the override {key}={example})")
+
+
 def validate(cfg: DictConfig, rules: dict = RULES) -> None:
     """Raise SeqvaeError on a required value left unset (???) or the first value outside what its key allows."""
     missing = sorted(OmegaConf.missing_keys(cfg))
@@ -254,8 +323,7 @@ def validate(cfg: DictConfig, rules: dict = RULES) -> None:
         if isinstance(value, ListConfig):
             value = list(value)
         if not ok(value):
-            raise SeqvaeError(f"config error: {key}={value!r} is not allowed; expected {allowed} "
-                              f"(fix it with the override {key}=...)")
+            raise value_error(key, value, (ok, allowed))
     if OmegaConf.select(cfg, "optimized_metric", default=None) == "val/iw_nll" and \
             not OmegaConf.select(cfg, "trainer.val_iw_samples", default=0):
         raise SeqvaeError("config error: optimized_metric=val/iw_nll needs the validation IW-NLL, but "

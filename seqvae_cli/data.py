@@ -98,7 +98,15 @@ MNIST_FILES = {
 
 def read_idx(path: Path) -> torch.Tensor:
     """Parse an IDX file (LeCun's MNIST format) into a uint8 tensor."""
-    raw = path.read_bytes()
+    if not path.is_file():
+        what = "a folder" if path.is_dir() else "not a regular file"
+        raise SeqvaeError(f"{path} is {what}, not an IDX file; remove it so seqvae downloads the file, or set "
+                          f"paths.data_dir (or $SEQVAE_DATA_DIR) to the folder that holds MNIST/raw/")
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise SeqvaeError(f"{path} cannot be read ({exc.strerror or type(exc).__name__}); check its "
+                          f"permissions") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
         raise SeqvaeError(f"{path} is not an unsigned-byte IDX file (bad magic number); "
                           "delete it so seqvae downloads a fresh copy")
@@ -137,6 +145,32 @@ def find_or_download_mnist(data_dir: str, download: bool) -> Path:
         f"or try the offline demo that needs no download: seqvae train experiment=sines")
 
 
+def read_mnist_split(raw: Path, images_file: str, labels_file: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """One MNIST file pair -> images [N, 784] (uint8) and labels [N] (long), checked against MNIST's layout: 28x28
+    images, one label per image, each a digit 0-9. The fix for a bad file is always a fresh download."""
+    fresh = "delete it so seqvae downloads a fresh copy"
+    images, labels = read_idx(raw / images_file), read_idx(raw / labels_file)
+    if images.dim() != 3 or tuple(images.shape[1:]) != (28, 28):
+        raise SeqvaeError(f"{raw / images_file} holds an array of shape {tuple(images.shape)}; MNIST images are "
+                          f"N x 28 x 28: {fresh}")
+    expected = MNIST_FILES[images_file][0]
+    if images.shape[0] == 0:
+        raise SeqvaeError(f"{raw / images_file} holds 0 images; MNIST's has {expected}: {fresh}")
+    if labels.dim() != 1:
+        raise SeqvaeError(f"{raw / labels_file} holds an array of shape {tuple(labels.shape)}; MNIST labels are "
+                          f"one number per image: {fresh}")
+    if labels.shape[0] != images.shape[0]:
+        raise SeqvaeError(f"{raw / labels_file} holds {labels.shape[0]} labels but {images_file} holds "
+                          f"{images.shape[0]} images (MNIST's: {expected} each); one label per image is expected: "
+                          f"delete both so seqvae downloads fresh copies")
+    bad = torch.nonzero(labels > 9).flatten()
+    if bad.numel():
+        i = int(bad[0])
+        raise SeqvaeError(f"{raw / labels_file}: label {int(labels[i])} at index {i} (counting from 0; "
+                          f"{bad.numel()} such labels); MNIST labels are the digits 0-9: {fresh}")
+    return images.reshape(-1, 784), labels.long()
+
+
 class MNISTData(DataModule):
     kind = "image"
 
@@ -153,11 +187,15 @@ class MNISTData(DataModule):
 
     def setup(self, device: torch.device) -> None:
         raw = find_or_download_mnist(self.data_dir, self.download)
-        train_x = read_idx(raw / "train-images-idx3-ubyte").reshape(-1, 784)
-        train_y = read_idx(raw / "train-labels-idx1-ubyte").long()
-        test_x = read_idx(raw / "t10k-images-idx3-ubyte").reshape(-1, 784)
-        test_y = read_idx(raw / "t10k-labels-idx1-ubyte").long()
+        train_x, train_y = read_mnist_split(raw, "train-images-idx3-ubyte", "train-labels-idx1-ubyte")
+        test_x, test_y = read_mnist_split(raw, "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
         n_train = train_x.shape[0] - self.num_val
+        if n_train < 1:   # else an empty training split fails far downstream (e.g. as "no VAE step is left")
+            raise SeqvaeError(
+                f"{raw / 'train-images-idx3-ubyte'} holds {train_x.shape[0]} images; MNIST's training file has "
+                f"{MNIST_FILES['train-images-idx3-ubyte'][0]}, and data.num_val={self.num_val} of them validate, "
+                f"which leaves none to train on: delete it so seqvae downloads a fresh copy, or lower data.num_val "
+                f"below {train_x.shape[0]}")
         grey = {"train": train_x[:n_train], "val": train_x[n_train:], "test": test_x}
         labels = {"train": train_y[:n_train], "val": train_y[n_train:], "test": test_y}
         gen = torch.Generator().manual_seed(self.static_seed)

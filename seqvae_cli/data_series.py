@@ -33,7 +33,7 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 import torch
 
-from .config import number, one_of
+from .config import RULES, one_of, value_error
 from .data import Batch, DataModule, batch_limit, read_text_file, resolve_data_dir
 from .errors import SeqvaeError
 
@@ -43,41 +43,22 @@ SPLITS = ("train", "val", "test")
 UNKNOWN = -1
 # Cells that mean "no value" in a CSV file (compared lower-case, after stripping blanks).
 MISSING_MARKERS = frozenset({"", "nan", "na", "n/a", "null", "none", "-"})
+# The largest magnitude a data cell may have. A z-score squares the values (1e300 squared is inf in float64, so one
+# such cell made the scale inf and trained the column as zeros), and the model and plots hold them in float32 (max
+# 3.4e38): 1e30 leaves room for both, and no sensor reads that much.
+MAX_ABS_VALUE = 1e30
 UCR_URL = "https://www.cs.ucr.edu/~eamonn/time_series_data_2018/"
 NAB_URL = "https://github.com/numenta/NAB"
 
 
 # ------------------------------------------------------------------------------------ config checks
 
-def check(key: str, value: Any, rule: tuple[Callable[[Any], bool], str]) -> None:
-    """Raise the usual one-line config error when `value` breaks `rule` (a config.py rule)."""
-    ok, allowed = rule
-    if not ok(value):
-        raise SeqvaeError(f"config error: data.{key}={value!r} is not allowed; expected {allowed} "
-                          f"(fix it with the override data.{key}=...)")
-
-
-def fraction(lo_open: bool = True, hi_open: bool = True) -> tuple[Callable[[Any], bool], str]:
-    def ok(v: Any) -> bool:
-        if isinstance(v, bool) or not isinstance(v, (int, float)):
-            return False
-        return (v > 0 if lo_open else v >= 0) and (v < 1 if hi_open else v <= 1)
-    return ok, f"a number in {'(' if lo_open else '['}0, 1{')' if hi_open else ']'}"
-
-
-def number_range() -> tuple[Callable[[Any], bool], str]:
-    return (lambda v: isinstance(v, (list, tuple)) and len(v) == 2
-            and all(isinstance(i, (int, float)) and not isinstance(i, bool) for i in v) and v[0] <= v[1]), \
-        "a list [low, high] of two numbers with low <= high"
-
-
-def optional_int(lo: int) -> tuple[Callable[[Any], bool], str]:
-    return (lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= lo)), \
-        f"null or an integer >= {lo}"
-
-
-def boolean() -> tuple[Callable[[Any], bool], str]:
-    return (lambda v: isinstance(v, bool)), "true or false"
+def check(key: str, value: Any, rule: tuple[Callable[[Any], bool], str] | None = None) -> None:
+    """Raise the usual one-line config error when `value` breaks `rule`, by default config.RULES["data.<key>"]: the
+    rule validate() applies to the composed config, so a module built from a checkpoint is held to the same one."""
+    rule = rule or RULES[f"data.{key}"]
+    if not rule[0](value):
+        raise value_error(f"data.{key}", value, rule)
 
 
 # --------------------------------------------------------------------------------------- windowing
@@ -180,6 +161,13 @@ def fit_normalizer(groups: Sequence[torch.Tensor], mode: str,
         else:
             shift, scale = v.mean(dims), v.std(dims, unbiased=False)
         shift, scale = shift.reshape(-1, channels), scale.reshape(-1, channels)   # [T or 1, C]
+        overflow = ~(torch.isfinite(shift) & torch.isfinite(scale))
+        if overflow.any():   # the readers refuse such cells; generated data (sines' amplitude) can still get here
+            step, channel = (int(i) for i in overflow.nonzero()[0])
+            what = describe(g, channel, step if mode == "per_step" else None)
+            raise SeqvaeError(f"{what}: its training values are too large to normalise (largest magnitude "
+                              f"{float(v.abs().max()):g}; mean {float(shift[step, channel]):g}, scale "
+                              f"{float(scale[step, channel]):g}); keep values within +-{MAX_ABS_VALUE:g}")
         flat = v.reshape(-1, v.shape[1] if mode == "per_step" else 1, channels).abs().amax(0)
         bad = scale <= 1e-10 * flat.clamp_min(1.0)
         if bad.any():
@@ -235,9 +223,9 @@ class SeriesData(DataModule):
         self.name, self.data_dir, self.normalize = name, data_dir, normalize
         with self.deferred_errors():
             check("normalize", normalize, one_of(*self.NORMALIZE))
-            check("batch_size", batch_size, number(1, integer=True))
-            check("eval_batch_size", eval_batch_size, number(1, integer=True))
-            check("eval_iw_samples", eval_iw_samples, number(1, integer=True))
+            check("batch_size", batch_size)
+            check("eval_batch_size", eval_batch_size)
+            check("eval_iw_samples", eval_iw_samples)
             self.batch_size, self.eval_batch_size = int(batch_size), int(eval_batch_size)
             self.eval_iw_samples = int(eval_iw_samples)
         self.splits: dict[str, dict[str, torch.Tensor]] = {}
@@ -412,13 +400,13 @@ class WindowedSeriesData(SeriesData):
         super().__init__(**base)
         self.parts: dict[str, list[SeriesPart]] = {}
         with self.deferred_errors():
-            check("window", window, number(2, integer=True))
-            check("stride", stride, number(1, integer=True))
-            check("test_stride", test_stride, number(1, integer=True))
-            check("train_fraction", train_fraction, fraction())
-            check("val_fraction", val_fraction, fraction())
-            check("max_train_length", max_train_length, optional_int(2))
-            check("test_context", test_context, boolean())
+            check("window", window)
+            check("stride", stride)
+            check("test_stride", test_stride)
+            check("train_fraction", train_fraction)
+            check("val_fraction", val_fraction)
+            check("max_train_length", max_train_length)
+            check("test_context", test_context)
             self.window, self.stride, self.test_stride = int(window), int(stride), int(test_stride)
             self.train_fraction, self.val_fraction = float(train_fraction), float(val_fraction)
             self.max_train_length, self.test_context = max_train_length, bool(test_context)
@@ -523,6 +511,26 @@ def _is_missing(cell: str) -> bool:
     return cell.strip().lower() in MISSING_MARKERS
 
 
+def _cell_problem(cell: str) -> str:
+    """What is wrong with a value cell that did not parse as a finite number of at most MAX_ABS_VALUE."""
+    cell = cell.strip()
+    if _is_missing(cell):
+        return "missing value"
+    try:
+        value = float(cell)
+    except ValueError:
+        return f"non-numeric value {cell!r}"
+    if not math.isfinite(value):
+        return f"non-finite value {cell!r}"
+    return f"value {cell} beyond +-{MAX_ABS_VALUE:g}"
+
+
+def _cell_fix(cell: str) -> str:
+    if _is_missing(cell.strip()) or _parse_number(cell) is None:
+        return "seqvae does not impute: fill or drop that row"
+    return "a value that large breaks the normalisation (its square overflows): correct or drop that row"
+
+
 def _parse_number(cell: str) -> float | None:
     try:
         value = float(cell)
@@ -588,13 +596,9 @@ def read_csv_series(path: Path, timestamp_column: str | None, value_columns: Seq
     for j, i in enumerate(value_idx):
         for r, row in enumerate(rows):
             value = _parse_number(row[i])
-            if value is None:
-                cell = row[i].strip()
-                what = "missing value" if _is_missing(cell) else f"non-numeric value {cell!r}"
-                if cell.lower() in ("inf", "+inf", "-inf", "infinity", "-infinity"):
-                    what = f"non-finite value {cell!r}"
-                raise SeqvaeError(f"{where}: {what} at row {r + 1} (line {lines[r]}), column {header[i]!r}; "
-                                  f"seqvae does not impute: fill or drop that row")
+            if value is None or abs(value) > MAX_ABS_VALUE:
+                raise SeqvaeError(f"{where}: {_cell_problem(row[i])} at row {r + 1} (line {lines[r]}), column "
+                                  f"{header[i]!r}; {_cell_fix(row[i])}")
             values[r, j] = value
     labels = np.full(len(rows), UNKNOWN, dtype=np.int64)
     if label_idx is not None:
@@ -712,6 +716,10 @@ class NABData(WindowedSeriesData):
                 raise SeqvaeError(f"NAB series {name!r} (data.series) is not in the label file {label_path} "
                                   f"({len(windows)} series; {hint}): names are <category>/<file>.csv under "
                                   f"{root / 'data'}")
+            if not isinstance(windows[name], list):
+                raise SeqvaeError(f"NAB label file {label_path}: the entry of {name} is {json.dumps(windows[name])}, "
+                                  f"not a list; expected a list of [start, end] timestamp pairs ([] for none); "
+                                  f"restore it from {NAB_URL}")
             path = root / "data" / name
             if not path.is_file():
                 raise SeqvaeError(f"NAB series file {path} not found although {label_path.name} lists {name}; {get}")
@@ -729,12 +737,19 @@ class NABData(WindowedSeriesData):
             raise SeqvaeError(f"{path}: a timestamp is not a date-time ({exc}); "
                               f"expected e.g. 2014-07-01 00:00:00") from None
         labels = np.zeros(ts.size, dtype=np.int64)
-        for w in windows:
+        for i, w in enumerate(windows):
+            wrong = f"NAB label file {label_path}: window {i} of {name}, {w!r},"
+            # Numbers would parse as years (1 -> 0001-01-01) and label nothing.
+            if not (isinstance(w, list) and len(w) == 2 and all(isinstance(t, str) for t in w)):
+                raise SeqvaeError(f"{wrong} is not a [start, end] pair of timestamps; expected e.g. "
+                                  f'["2014-07-01 00:00:00.000000", "2014-07-02 00:00:00.000000"]')
             try:
-                lo, hi = (np.datetime64(str(t).replace(" ", "T"), "us") for t in w)
-            except (ValueError, TypeError):
-                raise SeqvaeError(f"NAB label file {label_path}: window {w!r} of {name} is not a [start, end] "
-                                  f"pair of timestamps") from None
+                lo, hi = (np.datetime64(t.strip().replace(" ", "T"), "us") for t in w)
+            except ValueError:
+                raise SeqvaeError(f"{wrong} holds a timestamp that is not a date-time; expected e.g. "
+                                  f"2014-07-01 00:00:00.000000") from None
+            if lo > hi:
+                raise SeqvaeError(f"{wrong} ends before it starts; expected [start, end] with start <= end")
             labels[(ts >= lo) & (ts <= hi)] = 1
         return labels
 
@@ -803,17 +818,17 @@ class SinesData(SeriesData):
                 raise SeqvaeError(f"config error: data.num_series has unknown key(s) {', '.join(unknown)}; "
                                   f"expected train, val and test")
             for split in SPLITS:
-                check(f"num_series.{split}", num_series.get(split), number(1, integer=True))
-            check("seq_len", seq_len, number(2, integer=True))
-            check("channels", channels, number(1, integer=True))
-            check("seed", seed, number(0, integer=True))
+                check(f"num_series.{split}", num_series.get(split))
+            check("seq_len", seq_len)
+            check("channels", channels)
+            check("seed", seed)
             for key, value in (("frequency", frequency), ("phase", phase), ("amplitude", amplitude)):
-                check(key, list(value) if isinstance(value, (list, tuple)) else value, number_range())
-            check("noise_std", noise_std, number(0))
-            check("anomaly_fraction", anomaly_fraction, fraction(lo_open=False, hi_open=False))
+                check(key, list(value) if isinstance(value, (list, tuple)) else value)
+            check("noise_std", noise_std)
+            check("anomaly_fraction", anomaly_fraction)
             check("anomaly_kind", anomaly_kind, one_of("spike", "frequency", "mixed"))
-            check("spike_size", spike_size, number(0))
-            check("frequency_factor", frequency_factor, number(0, lo_open=True))
+            check("spike_size", spike_size)
+            check("frequency_factor", frequency_factor)
             self.num_series = {s: int(num_series[s]) for s in SPLITS}
             self.seq_len_setting, self.channels, self.seed = int(seq_len), int(channels), int(seed)
             self.frequency, self.phase, self.amplitude = list(frequency), list(phase), list(amplitude)
@@ -838,9 +853,9 @@ class SinesData(SeriesData):
 
 # ------------------------------------------------------------------------------------------- ECG5000
 
-def read_ucr(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
+def read_ucr(path: Path, classes_allowed: Sequence[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """A UCR-archive file (class label, then the values; tab-, comma- or blank-separated) ->
-    classes LongTensor [N] and values float64 [N, T]."""
+    classes LongTensor [N] and values float64 [N, T]. classes_allowed: the dataset's classes (others are refused)."""
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
@@ -860,6 +875,11 @@ def read_ucr(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
             col = int(np.flatnonzero(~np.isfinite(row))[0])
             raise SeqvaeError(f"{path}: missing value ({fields[col]}) at line {ln}, column {col + 1}; ECG5000 beats "
                               f"have no gaps: restore the file from the UCR archive 2018, {UCR_URL}")
+        if (np.abs(row[1:]) > MAX_ABS_VALUE).any():
+            col = int(np.flatnonzero(np.abs(row[1:]) > MAX_ABS_VALUE)[0]) + 1
+            raise SeqvaeError(f"{path}: value {fields[col]} at line {ln}, column {col + 1} is beyond "
+                              f"+-{MAX_ABS_VALUE:g} (UCR beats are z-normalised, within a few units): restore the "
+                              f"file from the UCR archive 2018, {UCR_URL}")
         if first is None:
             first = (ln, row.size)
         elif row.size != first[1]:
@@ -867,6 +887,10 @@ def read_ucr(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
                               f"every beat must have the same length")
         if row.size < 2 or not float(row[0]).is_integer():
             raise SeqvaeError(f"{path}: line {ln} does not start with an integer class label ({fields[0]!r})")
+        if classes_allowed is not None and int(row[0]) not in classes_allowed:
+            raise SeqvaeError(f"{path}: line {ln} has class {int(row[0])}; expected one of "
+                              f"{', '.join(map(str, classes_allowed))}: restore the file from the UCR archive "
+                              f"2018, {UCR_URL}")
         classes.append(int(row[0]))
         rows.append(row[1:])
     if not rows:
@@ -879,6 +903,7 @@ class ECG5000Data(SeriesData):
 
     NORMALIZE = ("global", "per_step", "none")
     FILES = ("ECG5000_TRAIN.tsv", "ECG5000_TEST.tsv")
+    CLASSES = (1, 2, 3, 4, 5)   # 1 normal, 2-5 abnormal
 
     def __init__(self, data_dir: str = ".", folder: str = "ECG5000", protocol: str = "normal_only",
                  num_val_normal: int = 300, num_test_normal: int = 600, ucr_num_val: int = 50, seed: int = 0,
@@ -890,10 +915,10 @@ class ECG5000Data(SeriesData):
         self.split_index: dict[str, torch.Tensor] = {}
         with self.deferred_errors():
             check("protocol", protocol, one_of("normal_only", "ucr"))
-            check("num_val_normal", num_val_normal, number(1, integer=True))
-            check("num_test_normal", num_test_normal, number(1, integer=True))
-            check("ucr_num_val", ucr_num_val, number(1, integer=True))
-            check("seed", seed, number(0, integer=True))
+            check("num_val_normal", num_val_normal)
+            check("num_test_normal", num_test_normal)
+            check("ucr_num_val", ucr_num_val)
+            check("seed", seed)
             self.seed, self.ucr_num_val = int(seed), int(ucr_num_val)
             self.num_val_normal, self.num_test_normal = int(num_val_normal), int(num_test_normal)
 
@@ -909,7 +934,7 @@ class ECG5000Data(SeriesData):
                 f"is no download: get ECG5000 from the UCR archive 2018, {UCR_URL} (UCRArchive_2018/ECG5000/), put "
                 f"the two .tsv files in {root}, or set paths.data_dir (or $SEQVAE_DATA_DIR) to the folder that "
                 f"holds {self.folder}/")
-        (train_c, train_x), (test_c, test_x) = (read_ucr(root / f) for f in self.FILES)
+        (train_c, train_x), (test_c, test_x) = (read_ucr(root / f, self.CLASSES) for f in self.FILES)
         if train_x.shape[1] != test_x.shape[1]:
             raise SeqvaeError(f"{root}: the TRAIN beats have {train_x.shape[1]} steps but the TEST beats "
                               f"{test_x.shape[1]}; restore the files from {UCR_URL}")

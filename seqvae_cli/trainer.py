@@ -24,7 +24,7 @@ from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams as hparams_summary
 from tqdm import tqdm
 
-from . import distributed, visuals
+from . import distributed, non_finite, visuals
 from .captured_step import WARMUP_STEPS, CapturedStep
 from .checkpoint import FORMAT, build, load_checkpoint, load_model_state, save_atomic
 from .config import is_bf16, metric_mode, override_keys, setup_device
@@ -46,6 +46,8 @@ FROM_COMMAND_LINE = ("trainer.resume", "trainer.progress_bar", "device", "paths"
 CHANGEABLE_ON_RESUME = ("trainer.max_epochs", "trainer.max_steps", "trainer.test", "trainer.test_iw_samples",
                         "trainer.log_visuals", "optim.lr", "optim.grad_clip", "trainer.weight_average")
 RESUMABLE_OVERRIDES = FROM_COMMAND_LINE + CHANGEABLE_ON_RESUME + ("run_dir", "hydra")
+# The training sums kept on the device per epoch (Terms: loss, neg_elbo, rec = the log-likelihood, kl, aux).
+SUMMED_TERMS = ("loss", "neg_elbo", "log_likelihood", "kl", "aux")
 
 
 def _is_under(key: str, prefixes: tuple[str, ...]) -> bool:
@@ -335,7 +337,8 @@ class Trainer:
         # CPU: reading the loss costs nothing, so a non-finite loss stops at its very step. CUDA: a read waits for
         # the GPU, so the step runs without one and the sums are checked every trainer.log_every steps.
         self.check_each_step = self.device.type != "cuda"
-        self.train_sums = torch.zeros(2, dtype=torch.float64, device=self.device)  # loss, -ELBO, x batch size
+        # loss, -ELBO, log-likelihood, KL, aux; each x batch size. The last three name what went non-finite on CUDA.
+        self.train_sums = torch.zeros(len(SUMMED_TERMS), dtype=torch.float64, device=self.device)
         self.ddp = self.wrap_ddp() if self.world > 1 else None
         self.captured = CapturedStep(self.optimizer_update, self.device) if self.capture else None
         self.shuffle_gen = torch.Generator().manual_seed(tc.seed + 1)
@@ -524,9 +527,12 @@ class Trainer:
                 log.info("autoencoder pre-training done after epoch %d: decoder re-initialised", self.epoch)
             if self.epoch % tc.val_every == 0 or self.epoch >= tc.max_epochs or self.step >= self.total_steps:
                 self.validate()
-            elif not all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):
-                # No validation looked at them: never overwrite a good last.pt with non-finite weights.
-                self.stop_non_finite("the weights became non-finite", self.epoch)
+            else:   # no validation looked at the weights: never overwrite a good last.pt with non-finite ones
+                bad = next(((name, p) for name, p in self.model.named_parameters()
+                            if not bool(torch.isfinite(p).all())), None)
+                if bad is not None:
+                    value = float(bad[1].detach()[~torch.isfinite(bad[1].detach())].flatten()[0])
+                    self.stop_non_finite(f"the weights became non-finite ({value} in {bad[0]})", self.epoch)
             self.save("last.pt")
         if self.best_epoch < 0:  # resumed a finished run, or no validation happened
             self.validate()
@@ -593,7 +599,7 @@ class Trainer:
                 bar.set_postfix(loss=f"{float(self.train_sums[0]) / n:.3f}", refresh=False)
         bar.close()
         self.check_finite_sums(checked_step)
-        totals = distributed.all_reduce_sum(torch.cat([self.train_sums, self.train_sums.new_tensor([n])]))
+        totals = distributed.all_reduce_sum(torch.cat([self.train_sums[:2], self.train_sums.new_tensor([n])]))
         total = max(float(totals[2]), 1.0)
         means = {"loss": float(totals[0]) / total, "neg_elbo": float(totals[1]) / total}
         if n:   # the sums above were read from the device: the time includes all of the epoch's GPU work
@@ -607,15 +613,17 @@ class Trainer:
         return means
 
     def check_finite_sums(self, since_step: int) -> None:
-        """Without a per-step read (CUDA), the epoch's loss sums tell whether some step since the last check went
-        non-finite."""
+        """Without a per-step read (CUDA), the epoch's sums tell whether, and in which term, some step since the last
+        check went non-finite."""
         if not self.check_each_step and not bool(torch.isfinite(self.train_sums).all()):
-            self.stop_non_finite(f"the loss became non-finite between step {since_step} and step {self.step}")
+            sums = dict(zip(SUMMED_TERMS, self.train_sums.tolist()))
+            self.stop_non_finite("the loss became non-finite", values=self.reported_terms(sums),
+                                 at=f"between step {since_step} and step {self.step}")
 
     def optimizer_update(self, batch: Batch, kl_weight: float | torch.Tensor,
                          global_size: int | None = None) -> Terms:
         """One optimiser update on `batch` (of the parameters that require a gradient); returns the objective's
-        terms and adds loss and -ELBO, times the batch size, to self.train_sums. No host read on CUDA, so that
+        terms and adds them (SUMMED_TERMS), times the batch size, to self.train_sums. No host read on CUDA, so that
         the step can be captured as a CUDA graph (captured_step.py). Under DDP, `batch` is this rank's shard of a
         global batch of `global_size` rows: the loss is scaled so that DDP's gradient average over ranks is the
         gradient of the global batch's mean loss."""
@@ -631,13 +639,16 @@ class Trainer:
         if self.check_each_step:
             value = float(terms.loss.detach())
             if not math.isfinite(value):
-                self.stop_non_finite(f"loss became {value}")
+                self.stop_non_finite(f"the loss became {value}", values=self.reported_terms(
+                    {"loss": value, "log_likelihood": float(terms.rec), "kl": float(terms.kl),
+                     "aux": float(terms.aux)}))
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip, foreach=True)
         self.optimizer.step()
-        self.train_sums.add_(torch.stack((terms.loss.detach(), terms.neg_elbo)).double().mul_(b))
+        self.train_sums.add_(torch.stack((terms.loss.detach(), terms.neg_elbo, terms.rec, terms.kl, terms.aux))
+                             .double().mul_(b))
         return terms
 
     # ------------------------------------------------------------- aggressive encoder training (He et al. 2019)
@@ -680,15 +691,33 @@ class Trainer:
             log.info("epoch %d: validation I(x;z) %.4f fell below %.4f; aggressive encoder training is off from "
                      "here", self.epoch, mutual_info, before)
 
-    def stop_non_finite(self, what: str, epoch: int | None = None) -> None:
-        """Stop with the step and epoch (1-based; default the epoch in progress) and how to carry on."""
+    def reported_terms(self, values: dict[str, float]) -> dict[str, float]:
+        """The terms a NaN stop names, as the README names them: rec = -log-likelihood (the reconstruction loss), kl,
+        aux only when a bag-of-words loss is on, and the loss."""
+        named = {"rec": -values["log_likelihood"], "kl": values["kl"]}
+        if self.objective.bow_weight > 0:
+            named["aux"] = values["aux"]
+        return {**named, "loss": values["loss"]}
+
+    def stop_non_finite(self, what: str, epoch: int | None = None, values: dict[str, float] | None = None,
+                        at: str | None = None) -> None:
+        """Stop with the step (`at`, default "at step N") and epoch (1-based; default the epoch in progress), what
+        went non-finite (`values`: the terms or metrics concerned), the likely cause and how to carry on."""
         last = self.run_dir / "checkpoints" / "last.pt"
-        lr, clip = self.cfg.optim.lr, self.cfg.optim.grad_clip
-        cure = f"optim.lr={lr / 10:g}" + ("" if clip > 0 else " optim.grad_clip=5.0")
-        keep = (f"{last} keeps the last good state: continue it with seqvae train run_dir={self.run_dir} "
-                f"trainer.resume=true {cure}" if last.exists()
-                else f"no checkpoint was written yet: start again with {cure}")
-        raise SeqvaeError(f"{what} at step {self.step} (epoch {epoch or self.epoch + 1}); training stopped and {keep}")
+        updates_done = self.step > 0 or bool(self.optimizer.state)
+        diagnosis = non_finite.diagnose(self.cfg, values, updates_done)
+        cure = " ".join(diagnosis.cure)
+        if not diagnosis.cure:
+            keep = f"{last} keeps the last good state" if last.exists() else "no checkpoint was written yet"
+        elif not last.exists():
+            keep = f"no checkpoint was written yet: start again with {cure}"
+        elif diagnosis.resumable:
+            keep = (f"{last} keeps the last good state: continue it with seqvae train run_dir={self.run_dir} "
+                    f"trainer.resume=true {cure}")
+        else:   # a resumed run refuses to change anything but the lr and clipping
+            keep = f"{last} keeps the last good state, but a resumed run keeps its settings: start a new run with {cure}"
+        raise SeqvaeError(f"{what} {at or f'at step {self.step}'} (epoch {epoch or self.epoch + 1})"
+                          f"{non_finite.describe(values or {})}: {diagnosis.why}; training stopped and {keep}")
 
     def log_train(self, terms: Terms) -> None:
         """This step's batch means (rank 0's shard under DDP; the epoch means in the log cover every rank)."""
@@ -728,9 +757,11 @@ class Trainer:
         tc = self.cfg.trainer
         metrics = self.validation_metrics()
         # An update can turn the weights non-finite after a finite loss: stop before logging or checkpointing.
-        if not all(math.isfinite(metrics[k]) for k in ("rec", "kl", "neg_elbo") if k in metrics) or \
-                ("_mu" in metrics and not bool(torch.isfinite(metrics["_mu"]).all())):
-            self.stop_non_finite("validation metrics became non-finite", max(self.epoch, 1))
+        checked = {k: float(metrics[k]) for k in ("rec", "kl", "neg_elbo") if k in metrics}
+        if "_mu" in metrics:
+            checked["posterior_mean"] = math.nan if not bool(torch.isfinite(metrics["_mu"]).all()) else 0.0
+        if not all(math.isfinite(v) for v in checked.values()):
+            self.stop_non_finite("validation metrics became non-finite", max(self.epoch, 1), values=checked)
         w, s = self.writer, self.step
         weight = self.objective.kl_weight(max(s - 1, 0))
         for key, value in public(metrics).items():
