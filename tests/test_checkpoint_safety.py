@@ -58,7 +58,7 @@ PAYLOADS = ("open", "write_text", "copyfile", "torch_load", "numpy_load")
 # placement -> (where the payload goes in the stored config, the key path the error must name)
 PLACES = {
     "data": (lambda cfg, node: cfg.__setitem__("data", node), "data._target_="),
-    "model": (lambda cfg, node: cfg.__setitem__("model", node), "model._target_="),
+    "model": (lambda cfg, node: cfg["model"].__setitem__("extra", node), "model.extra._target_="),
     "nested key": (lambda cfg, node: cfg["data"].__setitem__("extra", {"inner": node}),
                    "data.extra.inner._target_="),
     "list": (lambda cfg, node: cfg["data"].__setitem__("extra", [1, node]), "data.extra[1]._target_="),
@@ -108,7 +108,9 @@ def test_instantiation_directives_are_refused_too(smoke_run, tmp_path, directive
 
 
 def test_a_target_smuggled_through_an_interpolation_is_refused(smoke_run, tmp_path):
-    """oc.decode turns a string into a node when the config resolves: the check looks at the resolved config."""
+    """oc.decode turns a string into a node when the config resolves: the check looks at the resolved config, so
+    no resolver can hide a `_target_` from it (Hydra happened not to instantiate such a node; the registry must not
+    rely on that)."""
     marker = tmp_path / "MARKER"
     state = torch.load(smoke_run.run_dir / "checkpoints" / "best.pt", weights_only=True)
     state["config"]["data"]["extra"] = "${oc.decode:'{_target_: builtins.open, file: " + str(marker) + ", mode: w}'}"
