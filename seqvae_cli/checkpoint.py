@@ -90,8 +90,8 @@ def load_checkpoint(path: Path | str, map_location: str | torch.device = "cpu") 
 
 
 def check_finite_weights(state: dict, path: Path | str, parts: tuple[str, ...] = ("model",)) -> None:
-    """Refuse weights (and optimiser moments) that hold NaN or inf: nothing scored or trained from them means
-    anything, and the trainer never writes such a file."""
+    """Refuse weights that hold NaN or inf: nothing scored or trained from them means anything, and the trainer
+    never writes such a file. parts: the state's entries to look at (model, training_model)."""
     for part in parts:
         for name, tensor in _tensors(state.get(part), part):
             if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):

@@ -268,6 +268,16 @@ def test_nan_weights_are_refused_by_eval_and_sample(smoke_run, tmp_path):
         load_run(str(run), "best", CPU)
 
 
+def test_resume_refuses_nan_weights(smoke_run, tmp_path):
+    from omegaconf import OmegaConf
+    from seqvae_cli.trainer import find_resume_state
+    state = load_checkpoint(smoke_run.run_dir / "checkpoints" / "last.pt")
+    state["model"]["decoder.0.bias"][:3] = float("inf")
+    save_atomic(state, tmp_path / "checkpoints" / "last.pt")
+    with pytest.raises(SeqvaeError, match=r"holds non-finite values \(3 NaN/inf in model.decoder.0.bias\)"):
+        find_resume_state(OmegaConf.create({"trainer": {"resume": True}}), tmp_path)
+
+
 def test_eval_metrics_that_overflow_are_an_error(smoke_run, tmp_path):
     """Finite but huge weights: the posterior means overflow float32, -ELBO comes out inf."""
     run = clone_run(smoke_run.run_dir, tmp_path / "run")
