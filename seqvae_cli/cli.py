@@ -143,13 +143,13 @@ FINITE_METRICS = ("rec", "kl", "neg_elbo", "iw_nll", "nll", "ppl", "ppl_elbo", "
 
 
 def check_finite_metrics(metrics: dict, checkpoint: Path) -> None:
-    """A table of inf/NaN with exit 0 would pass for a result: it is an error, and nothing is written."""
+    """A table of inf/NaN with exit 0 would pass for a result: it is an error, and eval.json is not written."""
     bad = {k: metrics[k] for k in FINITE_METRICS if k in metrics and not math.isfinite(metrics[k])}
     if bad:
         shown = ", ".join(f"{k}={v}" for k, v in bad.items())
         raise SeqvaeError(f"evaluating {checkpoint} gave non-finite metrics ({shown}): its weights overflow on this "
-                          f"data; nothing was written. Score the other checkpoint (checkpoint=last or best) or "
-                          f"retrain")
+                          f"data, and eval.json was not written; score the other checkpoint (checkpoint=last or "
+                          f"best) or retrain")
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="sample")
