@@ -204,12 +204,12 @@ class Check:
     def ptb_data(self):
         """The TextData `seqvae train` builds for PTB_VAE (the same composed config), on the CPU; and the config."""
         import hydra
-        from seqvae_cli.checkpoint import _instantiate
+        from seqvae_cli.registry import build_part
         from seqvae_cli.config import register_resolvers
         register_resolvers()
         with hydra.initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
             cfg = hydra.compose(config_name="train", overrides=PTB_VAE + [f"paths.data_dir={self.args.data_dir}"])
-        dm = _instantiate(cfg.data)
+        dm = build_part(cfg.data, "data")
         dm.setup(torch.device("cpu"))
         return dm, cfg
 

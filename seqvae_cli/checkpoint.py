@@ -1,32 +1,67 @@
-"""Checkpoints: written atomically, read with weights_only=True, and rebuilt into a runnable model.
+"""Checkpoints: written atomically, sealed with a checksum, read with weights_only=True, and rebuilt into a
+runnable model only through seqvae's own registered parts (registry.py).
 
 A checkpoint carries everything needed to continue or score a run without the original command:
-the resolved config, model/optimiser/scheduler state, step and epoch, every RNG state, and the
-data module's state (e.g. a vocabulary).
+the resolved config, model/optimiser/scheduler state, step and epoch, every RNG state, the data
+module's state (e.g. a vocabulary), the id of the run that wrote it, and a checksum. docs/checkpoints.md
+describes the file and the rules for loading one.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
+from typing import Any
 
 import torch
-from hydra.errors import InstantiationException
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from .data import DataModule, resolve_data_dir
 from .errors import SeqvaeError
 from .models import LatentModel
+from .registry import build_part, check_parts
 
 FORMAT = "seqvae-checkpoint-1"
+CHECKSUM = "sha256"
+# The run folder's record of its run id: every checkpoint in RUN/checkpoints must carry the same one.
+RUN_ID_FILE = "run_id"
+
+
+def state_checksum(state: dict) -> str:
+    """sha256 over every tensor's bytes (with its key path, dtype and shape) and every plain value of the state,
+    in a fixed order, except the config (plain text that registry.check_parts and validation judge on their own,
+    and that people edit, e.g. a data path) and the checksum itself. The zip reader checks no CRC: without this,
+    flipped bytes in a weight or in Adam's state load as valid numbers."""
+    digest = hashlib.sha256()
+    for key in sorted((k for k in state if k not in ("config", "checksum")), key=str):
+        _fold(digest, state[key], str(key))
+    return f"{CHECKSUM}:{digest.hexdigest()}"
+
+
+def _fold(digest: Any, value: Any, path: str) -> None:
+    if isinstance(value, torch.Tensor):
+        flat = value.detach().reshape(-1).contiguous().cpu()
+        digest.update(f"{path}:{flat.dtype}:{tuple(value.shape)};".encode())
+        digest.update(flat.view(torch.uint8).numpy())   # the raw bytes, no copy (bfloat16 included)
+    elif isinstance(value, dict):
+        for key in sorted(value, key=lambda k: (str(k), type(k).__name__)):
+            _fold(digest, value[key], f"{path}.{key}")
+    elif isinstance(value, (list, tuple)):
+        digest.update(f"{path}:[{len(value)}];".encode())
+        for index, item in enumerate(value):
+            _fold(digest, item, f"{path}[{index}]")
+    else:   # what weights_only admits besides: numbers, strings, booleans, None, dtypes, devices
+        digest.update(f"{path}={type(value).__name__}:{value!r};".encode())
 
 
 def save_atomic(state: dict, path: Path) -> None:
-    """Write to a temporary file in the same folder, fsync, then rename: a kill leaves the old file intact."""
+    """Seal the state with its checksum, write it to a temporary file in the same folder, fsync, then rename: a
+    kill leaves the old file intact."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
+    sealed = {**state, "checksum": state_checksum(state)}
     with open(tmp, "wb") as f:
-        torch.save(state, f)
+        torch.save(sealed, f)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
@@ -46,7 +81,56 @@ def load_checkpoint(path: Path | str, map_location: str | torch.device = "cpu") 
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise SeqvaeError(f"{path} is not a seqvae checkpoint (no '{FORMAT}' marker); "
                           f"pass a file written by `seqvae train` (checkpoints/best.pt or last.pt)")
+    # Files written before checksums existed have none and load as before.
+    if "checksum" in state and state["checksum"] != state_checksum(state):
+        raise SeqvaeError(f"checkpoint {path} is corrupt: its weights or training state do not match the checksum "
+                          f"written with them (damaged on disk or in a copy); use the other file in "
+                          f"{path.parent} (last.pt or best.pt) or retrain")
     return state
+
+
+def check_finite_weights(state: dict, path: Path | str, parts: tuple[str, ...] = ("model",)) -> None:
+    """Refuse weights that hold NaN or inf: nothing scored or trained from them means anything, and the trainer
+    never writes such a file. parts: the state's entries to look at (model, training_model)."""
+    for part in parts:
+        for name, tensor in _tensors(state.get(part), part):
+            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                bad = int((~torch.isfinite(tensor)).sum())
+                raise SeqvaeError(f"checkpoint {path} holds non-finite values ({bad} NaN/inf in {name}); it cannot "
+                                  f"be used: take the other file in {Path(path).parent} (last.pt or best.pt) or "
+                                  f"retrain")
+
+
+def _tensors(value: Any, path: str):
+    if isinstance(value, torch.Tensor):
+        yield path, value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _tensors(item, f"{path}.{key}")
+    elif isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            yield from _tensors(item, f"{path}[{index}]")
+
+
+def recorded_run_id(run_dir: Path | str) -> str | None:
+    """The run id `seqvae train` recorded in this folder, or None (no run trained here since run ids exist)."""
+    record = Path(run_dir) / RUN_ID_FILE
+    return (record.read_text().strip() or None) if record.is_file() else None
+
+
+def record_run_id(run_dir: Path, run_id: str) -> None:
+    if recorded_run_id(run_dir) != run_id:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / RUN_ID_FILE).write_text(run_id + "\n")
+
+
+def check_belongs(state: dict, path: Path | str, run_dir: Path | str, fix: str) -> None:
+    """A checkpoint used as this run folder's must carry the run id the folder records. Either side without one
+    (a file or folder from before run ids) cannot be judged and passes."""
+    mine, theirs = recorded_run_id(run_dir), state.get("run_id")
+    if mine and theirs and mine != theirs:
+        raise SeqvaeError(f"{path} belongs to another run (run id {theirs}; {run_dir} is run {mine}, recorded in "
+                          f"{Path(run_dir) / RUN_ID_FILE}); {fix}")
 
 
 def resolve_checkpoint(run_dir: str | None, checkpoint: str) -> Path:
@@ -58,27 +142,25 @@ def resolve_checkpoint(run_dir: str | None, checkpoint: str) -> Path:
     return Path(checkpoint)
 
 
-def build(cfg: DictConfig, device: torch.device, data_state: dict | None = None) -> tuple[DataModule, LatentModel]:
-    """Instantiate the data module (set up on `device`) and the model it shapes."""
-    dm: DataModule = _instantiate(cfg.data)
+def run_folder_of(run_dir: str | None, checkpoint: Path) -> Path:
+    """The folder eval/sample write into: run_dir, else the run folder holding the checkpoint (RUN/checkpoints/X.pt
+    -> RUN), else the checkpoint's own folder."""
+    if run_dir:
+        return Path(run_dir)
+    return checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
+
+
+def build(cfg: DictConfig, device: torch.device, data_state: dict | None = None,
+          source: str = "the config") -> tuple[DataModule, LatentModel]:
+    """The data module (set up on `device`) and the model it shapes, built only from seqvae's registered parts:
+    the whole config is checked before anything is built. source: where the config came from, for errors."""
+    check_parts(cfg, source)
+    dm: DataModule = build_part(cfg.data, "data", source)
     if data_state:
         dm.load_state_dict(data_state)
     dm.setup(device)
-    model: LatentModel = _instantiate(cfg.model, **dm.model_kwargs())
+    model: LatentModel = build_part(cfg.model, "model", source, **dm.model_kwargs())
     return dm, model.to(device)
-
-
-def _instantiate(node: DictConfig, **kwargs):
-    """hydra.utils.instantiate, letting our own errors through unwrapped (Hydra would bury them in a traceback)."""
-    try:
-        return instantiate(node, _convert_="all", **kwargs)
-    except InstantiationException as exc:
-        cause = exc.__cause__
-        while cause is not None and not isinstance(cause, SeqvaeError):
-            cause = cause.__cause__
-        if cause is not None:
-            raise cause from None
-        raise
 
 
 def load_model_state(model: LatentModel, state: dict, path: Path | str) -> None:
@@ -100,6 +182,10 @@ def load_run(run_dir: str | None, checkpoint: str, device: torch.device, data_di
     it still exists, so a run scores from any working directory."""
     path = resolve_checkpoint(run_dir, checkpoint)
     state = load_checkpoint(path, map_location=device)
+    folder = run_folder_of(run_dir, path)
+    check_belongs(state, path, folder, f"score this run's own checkpoint, or copy that file out of {folder} and "
+                                       f"pass checkpoint=<the copy> to score it on its own")
+    check_finite_weights(state, path)
     cfg = OmegaConf.create(state["config"])
     trained_on = OmegaConf.select(cfg, "data.data_dir")    # what the data module read (runs store it absolute)
     keep_trained = data_dir_is_default and trained_on is not None and resolve_data_dir(trained_on).is_dir()
@@ -107,7 +193,7 @@ def load_run(run_dir: str | None, checkpoint: str, device: torch.device, data_di
         cfg.paths.data_dir = data_dir
         if "data_dir" in cfg.data:
             cfg.data.data_dir = data_dir
-    dm, model = build(cfg, device, state.get("data_state"))
+    dm, model = build(cfg, device, state.get("data_state"), source=f"checkpoint {path}")
     load_model_state(model, state, path)
     model.eval()
     return cfg, dm, model, state

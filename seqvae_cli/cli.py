@@ -93,15 +93,13 @@ def train_app(cfg: DictConfig) -> float:
 
 
 def _run_dir_of(cfg: DictConfig) -> Path:
-    if cfg.run_dir:
-        return Path(cfg.run_dir)
-    ckpt = Path(cfg.checkpoint)
-    return ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
+    from .checkpoint import run_folder_of
+    return run_folder_of(cfg.run_dir, Path(cfg.checkpoint))
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="eval")
 def eval_app(cfg: DictConfig) -> dict | float:
-    from .checkpoint import load_run
+    from .checkpoint import load_run, resolve_checkpoint
     from .evaluate import evaluate, public
     try:
         validate(cfg)
@@ -119,6 +117,7 @@ def eval_app(cfg: DictConfig) -> dict | float:
                                   iw_bf16=is_bf16(cfg.iw_precision),
                                   # time series: the anomaly score, and where its CSV files go
                                   score=cfg.score, out_dir=_run_dir_of(cfg)))
+        check_finite_metrics(metrics, resolve_checkpoint(cfg.run_dir, cfg.checkpoint))
     except SeqvaeError as exc:
         return _fail(exc)
     metrics.update(seconds=round(time.time() - started, 1), checkpoint=str(cfg.checkpoint),
@@ -136,6 +135,21 @@ def eval_app(cfg: DictConfig) -> dict | float:
         print(f"{key:<{width}}  {value:.4f}" if isinstance(value, float) else f"{key:<{width}}  {value}")
     print(f"written: {out}")
     return metrics
+
+
+# The likelihood metrics: non-finite means the weights (or the data) overflow. AUROC-like metrics are left out:
+# they are NaN by definition when a split holds one class only.
+FINITE_METRICS = ("rec", "kl", "neg_elbo", "iw_nll", "nll", "ppl", "ppl_elbo", "mutual_info")
+
+
+def check_finite_metrics(metrics: dict, checkpoint: Path) -> None:
+    """A table of inf/NaN with exit 0 would pass for a result: it is an error, and eval.json is not written."""
+    bad = {k: metrics[k] for k in FINITE_METRICS if k in metrics and not math.isfinite(metrics[k])}
+    if bad:
+        shown = ", ".join(f"{k}={v}" for k, v in bad.items())
+        raise SeqvaeError(f"evaluating {checkpoint} gave non-finite metrics ({shown}): its weights overflow on this "
+                          f"data, and eval.json was not written; score the other checkpoint (checkpoint=last or "
+                          f"best) or retrain")
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="sample")

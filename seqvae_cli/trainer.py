@@ -14,6 +14,7 @@ import math
 import os
 import shutil
 import time
+import uuid
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Iterator
@@ -26,7 +27,8 @@ from tqdm import tqdm
 
 from . import distributed, non_finite, visuals
 from .captured_step import WARMUP_STEPS, CapturedStep
-from .checkpoint import FORMAT, build, load_checkpoint, load_model_state, save_atomic
+from .checkpoint import (FORMAT, build, check_belongs, check_finite_weights, load_checkpoint, load_model_state,
+                         record_run_id, recorded_run_id, save_atomic)
 from .config import is_bf16, metric_mode, override_keys, setup_device
 from .data import Batch
 from .errors import SeqvaeError
@@ -154,7 +156,13 @@ def find_resume_state(cfg: DictConfig, run_dir: Path) -> tuple[dict | None, Path
         raise SeqvaeError(f"trainer.resume=true but {path} does not exist: {run_dir} has no checkpoint yet "
                           f"(last.pt is written at the end of each epoch). Start it afresh without "
                           f"trainer.resume=true (run_dir={run_dir} may stay), or check the run_dir")
-    return load_checkpoint(path), path
+    state = load_checkpoint(path)
+    check_belongs(state, path, run_dir, f"continue that run in a new folder (seqvae train trainer.resume={path} "
+                                        f"run_dir=<a new folder>), or resume {run_dir}'s own last.pt")
+    # Weights only: Adam's second moment can legitimately hold inf after a huge gradient (the step it scales stays
+    # finite), and damage to the optimiser state is the checksum's to find.
+    check_finite_weights(state, path, ("model", "training_model"))
+    return state, path
 
 
 class WeightAverage:
@@ -283,12 +291,18 @@ class Trainer:
             cfg = merge_resumed_config(cfg, OmegaConf.create(state["config"]), overrides or [], path)
             log.info("resuming from %s (epoch %d, step %d)", path, state["epoch"], state["step"])
         self.cfg = cfg
+        # The run's identity, in every checkpoint and in RUN/run_id, so that a checkpoint of another run found in a
+        # run folder is told apart from the run's own. A resumed run keeps it, in place or in a new folder (a file
+        # from before run ids continues under the folder's, else a new one).
+        resumed_id = (state.get("run_id") or recorded_run_id(run_dir)) if state is not None else None
+        self.run_id = resumed_id or uuid.uuid4().hex
         tc = cfg.trainer
         self.bf16 = is_bf16(tc.get("precision", 32))   # runs from before the setting trained in 32
         self.device = distributed.rank_device(setup_device(cfg.device, self.bf16))
         self.world, self.rank = distributed.world_size(), distributed.rank()
         torch.manual_seed(tc.seed)   # the same on every rank: every rank builds the same initial weights
-        self.dm, self.model = build(cfg, self.device, state.get("data_state") if state else None)
+        self.dm, self.model = build(cfg, self.device, state.get("data_state") if state else None,
+                                    source=f"checkpoint {path}" if state is not None else "the config")
         self.steps_per_epoch = self.dm.num_train_batches(tc.limit_train_batches)
         by_epochs = tc.max_epochs * self.steps_per_epoch
         self.total_steps = min(by_epochs, tc.max_steps) if tc.max_steps > 0 else by_epochs
@@ -392,6 +406,7 @@ class Trainer:
             extra["aggressive"] = self.aggressive.state_dict()
         return {
             "format": FORMAT,
+            "run_id": self.run_id,
             "config": OmegaConf.to_container(self.cfg, resolve=True),
             "model": self.eval_model().state_dict(),
             **extra,
@@ -419,6 +434,7 @@ class Trainer:
         """Write checkpoints/NAME.pt; every rank calls this (the state gathers RNG states), rank 0 writes."""
         state = self.state()
         if self.rank == 0:
+            record_run_id(self.run_dir, self.run_id)
             save_atomic(state, self.run_dir / "checkpoints" / name)
 
     def restore(self, state: dict, path: Path) -> None:
@@ -491,7 +507,8 @@ class Trainer:
         target, source = self.run_dir / "checkpoints" / "best.pt", path.parent / "best.pt"
         if self.best_epoch < 0 or (target.exists() and source.exists() and target.samefile(source)):
             return
-        if source.is_file() and load_checkpoint(source)["epoch"] == self.best_epoch:
+        best = load_checkpoint(source) if source.is_file() else None
+        if best is not None and best["epoch"] == self.best_epoch and best.get("run_id", self.run_id) == self.run_id:
             if self.rank > 0:
                 return
             tmp = target.with_name("best.pt.tmp")
@@ -791,7 +808,9 @@ class Trainer:
     def load_best(self) -> None:
         """Put best.pt's weights (the average's, with weight averaging) into the model; training is over."""
         path = self.run_dir / "checkpoints" / "best.pt"
-        load_model_state(self.model, load_checkpoint(path, map_location=self.device), path)
+        state = load_checkpoint(path, map_location=self.device)
+        check_belongs(state, path, self.run_dir, "it replaced the run's own best.pt while the run trained; retrain")
+        load_model_state(self.model, state, path)
 
     def test(self) -> dict:
         """Score the test split with the model's current weights (fit() has loaded best.pt into it)."""

@@ -8,6 +8,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from seqvae_cli.checkpoint import save_atomic
 from seqvae_cli.config import validate
 from seqvae_cli.errors import SeqvaeError
 from seqvae_cli.models import MLPVAE
@@ -166,7 +167,7 @@ def test_fit_records_the_mutual_information_and_the_checkpoint_carries_the_state
     # A checkpoint whose aggressive state differs from a fresh one in every field: resuming must take all three.
     state["aggressive"] = {"on": False, "last_mutual_info": 7.25,
                            "shuffle": torch.Generator().manual_seed(123).get_state()}
-    torch.save(state, tmp_path / "checkpoints" / "last.pt")
+    save_atomic(state, tmp_path / "checkpoints" / "last.pt")     # sealed anew: a deliberate change
     resumed = Trainer(compose_train_config(*BASE, "objective.aggressive.enabled=true",
                                            "objective.aggressive.max_inner_steps=2", "trainer.resume=true"),
                       tmp_path, ["trainer.resume=true"])

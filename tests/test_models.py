@@ -5,10 +5,10 @@ import pytest
 import torch
 from torch.nn import functional as F
 from hydra import compose, initialize_config_dir
-from hydra.utils import instantiate
 
 from seqvae_cli.config import register_resolvers
 from seqvae_cli.models import ELU, MLPAutoencoder, MLPVAE, bernoulli_log_prob, eval_mode
+from seqvae_cli.registry import build_part
 
 from conftest import CONF_DIR
 
@@ -20,7 +20,7 @@ def model_from_config(option: str, *overrides: str):
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("train", overrides=[f"model={option}", *overrides])
     torch.manual_seed(0)
-    return instantiate(cfg.model, _convert_="all", input_dim=784)
+    return build_part(cfg.model, "model", input_dim=784)
 
 
 @pytest.mark.parametrize("option,cls", [("mlp_vae", MLPVAE), ("ae", MLPAutoencoder)])

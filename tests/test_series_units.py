@@ -352,15 +352,14 @@ def test_config_errors_surface_in_setup(tmp_path):
 @pytest.mark.parametrize("option", ["sines", "ecg5000", "nab", "csv"])
 def test_yaml_composes_validates_and_instantiates(option, tmp_path):
     """conf/data/<option>.yaml: every key is a constructor argument with an allowed value."""
-    from hydra.utils import instantiate
-
     from conftest import compose_train_config
     from seqvae_cli.config import validate
+    from seqvae_cli.registry import build_part
     extra = [f"data.path={tmp_path / 'x.csv'}"] if option == "csv" else []
     cfg = compose_train_config(f"data={option}", f"paths.data_dir={tmp_path}", *extra)
     validate(cfg)
     assert cfg.data._target_.startswith("seqvae_cli.data_series.") and cfg.data.name == option
-    dm = instantiate(cfg.data, _convert_="all")
+    dm = build_part(cfg.data, "data")          # as the trainer builds it
     assert dm.kind == "series" and dm.config_error is None and dm.data_dir == str(tmp_path)
     assert dm.batch_size == 64 and dm.eval_iw_samples == 100
     if option == "ecg5000":
