@@ -6,7 +6,6 @@ data module's state (e.g. a vocabulary).
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
@@ -16,20 +15,16 @@ from omegaconf import DictConfig, OmegaConf
 
 from .data import DataModule, resolve_data_dir
 from .errors import SeqvaeError
+from .files import write_atomic
 from .models import LatentModel
 
 FORMAT = "seqvae-checkpoint-1"
 
 
 def save_atomic(state: dict, path: Path) -> None:
-    """Write to a temporary file in the same folder, fsync, then rename: a kill leaves the old file intact."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """Write to a temporary file in the same folder, fsync, then rename: a kill leaves the old file intact, and a
+    full or read-only disk removes the temporary file and raises files.WriteFailed (one line)."""
+    write_atomic(path, lambda f: torch.save(state, f))
 
 
 def load_checkpoint(path: Path | str, map_location: str | torch.device = "cpu") -> dict:
