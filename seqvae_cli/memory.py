@@ -51,8 +51,8 @@ def check_fits(key: str, value: int, per_unit: int, fixed: int, what: str, devic
         return
     largest = int((available * USABLE_SHARE - fixed) // max(per_unit, 1))
     cure = f"use {key}<={largest}" if largest >= 1 else "it cannot fit even at 1; lower the other sizes"
-    raise SeqvaeError(f"{key}={value} needs about {size_text(needed)} of memory for {what}, but {device.type} has "
-                      f"{size_text(available)} available (at most {USABLE_SHARE:.0%} of it is used); {cure}")
+    raise SeqvaeError(f"{key}={value} needs about {size_text(needed)} of memory for {what}, but the {device.type} has "
+                      f"{size_text(available)} available and seqvae uses at most {USABLE_SHARE:.0%} of that; {cure}")
 
 
 # ------------------------------------------------------------------------------------------- the estimates
