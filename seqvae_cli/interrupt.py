@@ -77,7 +77,8 @@ def stop_message(how: str, run_dir: object, step: int, saved_epoch: int | None, 
                 f"again with trainer.overwrite=true (run_dir={run_dir} may stay)")
     last = f"{run_dir}/checkpoints/last.pt"
     if finished:
-        return f"{where}: every epoch is trained and saved in {last}; {resume} runs the test pass and writes metrics.json"
+        return f"{where}: every epoch is trained and saved in {last}; {resume} runs the test pass and writes " \
+               f"metrics.json"
     redo = f" (the steps of epoch {saved_epoch + 1} done so far are redone)" if mid_epoch else ""
     return f"{where}; {last} holds the end of epoch {saved_epoch}: continue with {resume}, which starts at epoch " \
            f"{saved_epoch + 1}{redo}"

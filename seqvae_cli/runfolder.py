@@ -91,6 +91,8 @@ def _read_holder(fd: int) -> dict:
 
 
 def _describe(holder: dict) -> str:
+    if not holder:
+        return "a process that is only starting (no PID written yet)"
     pid, host, started = holder.get("pid", "?"), holder.get("host", "?"), holder.get("started", "?")
     return f"PID {pid} on {host}, started {started}"
 
@@ -139,6 +141,7 @@ def acquire_lock(run_dir: Path) -> None:
                 continue
         holder = {} if created else _read_holder(fd)
         if not _flock(fd, holder):
+            holder = _read_holder(fd) or holder   # its creator may have written it since we read
             os.close(fd)
             raise SeqvaeError(f"{run_dir} is in use: `seqvae train` {_describe(holder)} is training into it "
                               f"({path}); wait for it to finish, stop it (kill {holder.get('pid', 'PID')}), or "

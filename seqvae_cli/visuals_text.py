@@ -118,8 +118,8 @@ def sample_text(model, dm, cfg, out_dir: Path, writer: SummaryWriter, step: int)
         ends = inputs[:2] if len(inputs) >= 2 else _some_sentences(dm, cfg.split, 2)
         mu, _ = model.encode(dm.batch_from_sentences(ends))
         path = homotopy(mu[0], mu[1], cfg.interpolation_steps)
-        files["homotopy"] = [f"from: {ends[0]}"] + to_text(dm, decode(model, path, max_len=cfg.max_len, progress="homotopy")) + \
-                            [f"to  : {ends[1]}"]
+        decoded = decode(model, path, max_len=cfg.max_len, progress="homotopy")
+        files["homotopy"] = [f"from: {ends[0]}"] + to_text(dm, decoded) + [f"to  : {ends[1]}"]
     written = []
     for name, lines in files.items():
         target = out_dir / f"{name}.txt"
