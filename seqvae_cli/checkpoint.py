@@ -9,7 +9,6 @@ describes the file and the rules for loading one.
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .data import DataModule, resolve_data_dir
 from .errors import SeqvaeError
+from .files import write_atomic
 from .models import LatentModel
 from .registry import build_part, check_parts
 
@@ -55,16 +55,11 @@ def _fold(digest: Any, value: Any, path: str) -> None:
 
 
 def save_atomic(state: dict, path: Path) -> None:
-    """Seal the state with its checksum, write it to a temporary file in the same folder, fsync, then rename: a
-    kill leaves the old file intact."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    """Seal the state with its checksum, then write it to a temporary file in the same folder, fsync and rename: a
+    kill leaves the old file intact, and a full or read-only disk removes the temporary file and raises
+    files.WriteFailed (one line)."""
     sealed = {**state, "checksum": state_checksum(state)}
-    with open(tmp, "wb") as f:
-        torch.save(sealed, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_atomic(path, lambda f: torch.save(sealed, f))
 
 
 def load_checkpoint(path: Path | str, map_location: str | torch.device = "cpu") -> dict:

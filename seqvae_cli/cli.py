@@ -1,7 +1,7 @@
 """`seqvae VERB [hydra overrides]`: a thin dispatcher over one Hydra app per verb."""
 from __future__ import annotations
 
-import json
+import contextlib
 import logging
 import math
 import os
@@ -16,11 +16,12 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 from torch.utils.tensorboard import SummaryWriter
 
-from . import distributed
+from . import distributed, runfolder
 from .config import (check_sweep_direction, is_bf16, metric_mode, override_keys, register_resolvers,
                      setup_device, validate)
 from .data import resolve_data_dir
 from .errors import SeqvaeError
+from .files import read_json, write_json_atomic
 
 log = logging.getLogger("seqvae")
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
@@ -43,12 +44,13 @@ verbs:
 
 def _fail(exc: SeqvaeError, minimising: bool = True) -> float:
     """One error line; in a sweep, score the job as the worst value (+inf when minimising) so the other jobs
-    (and Optuna) carry on."""
-    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+    (and Optuna) carry on. A stop asked for by a signal (exit_code 130/143) ends the sweep too."""
+    exit_code = getattr(exc, "exit_code", 2)
+    if exit_code == 2 and HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
         log.error("seqvae: error: %s", exc)
         return math.inf if minimising else -math.inf
     print(f"seqvae: error: {exc}", file=sys.stderr)
-    sys.exit(2)
+    sys.exit(exit_code)
 
 
 def _overrides() -> list[str]:
@@ -77,10 +79,19 @@ def train_app(cfg: DictConfig) -> float:
         # Stored absolute in checkpoints, so eval/sample find the data from any working directory.
         cfg.paths.data_dir = str(resolve_data_dir(cfg.paths.data_dir))
         run_dir = Path(HydraConfig.get().runtime.output_dir)
-        if cfg.trainer.get("devices", 1) > 1 and not distributed.launched_by_torchrun():
-            from .launch import train_with_torchrun
-            return train_with_torchrun(cfg.trainer.devices, _overrides(), run_dir)
-        result = Trainer(cfg, run_dir, _overrides()).fit()
+        # One process writes the folder: rank 0, or the process that started the ranks (they inherit its lock).
+        writes_folder = distributed.rank() == 0 and not runfolder.locked_by_parent()
+        with runfolder.run_lock(run_dir) if writes_folder else contextlib.nullcontext():
+            if writes_folder:
+                runfolder.log_takeovers()
+                overwrite = bool(cfg.trainer.get("overwrite", False))
+                runfolder.check_run_folder(run_dir, cfg.trainer.resume, overwrite)
+                if overwrite:
+                    runfolder.clear_previous_run(run_dir)
+            if cfg.trainer.get("devices", 1) > 1 and not distributed.launched_by_torchrun():
+                from .launch import train_with_torchrun
+                return train_with_torchrun(cfg.trainer.devices, _overrides(), run_dir)
+            result = Trainer(cfg, run_dir, _overrides()).fit()
     except SeqvaeError as exc:
         return _fail(exc, minimising)
     except Exception as exc:
@@ -97,6 +108,17 @@ def _run_dir_of(cfg: DictConfig) -> Path:
     return run_folder_of(cfg.run_dir, Path(cfg.checkpoint))
 
 
+def _output_folder(cfg: DictConfig) -> Path:
+    """Where eval and sample write (eval.json, samples/, tb/, CSV files): the run's folder when Hydra put this
+    command's logs inside it (config._run_dir does when it is a seqvae run that can be written), else this
+    command's own outputs/VERB/DATE/TIME: nothing lands in a folder that is not a run."""
+    run, own = _run_dir_of(cfg), Path(HydraConfig.get().runtime.output_dir)
+    if runfolder.is_inside(own, run):
+        return run
+    log.warning("%s is not a seqvae run folder that can be written: this command writes into %s instead", run, own)
+    return own
+
+
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="eval")
 def eval_app(cfg: DictConfig) -> dict | float:
     from .checkpoint import load_run, resolve_checkpoint
@@ -111,28 +133,27 @@ def eval_app(cfg: DictConfig) -> dict | float:
         if cfg.limit_examples:  # equal batches that add up to limit_examples (exactly, when it divides evenly)
             limit = math.ceil(cfg.limit_examples / cfg.batch_size)
             batch_size = math.ceil(cfg.limit_examples / limit)
-        started = time.time()
+        out_dir, started = _output_folder(cfg), time.time()
         metrics = public(evaluate(model, dm, cfg.split, iw_samples=k, limit=limit, batch_size=batch_size,
                                   rows_per_chunk=cfg.iw_rows_per_chunk, progress=True, seed=cfg.seed,
                                   iw_bf16=is_bf16(cfg.iw_precision),
                                   # time series: the anomaly score, and where its CSV files go
-                                  score=cfg.score, out_dir=_run_dir_of(cfg)))
+                                  score=cfg.score, out_dir=out_dir))
         check_finite_metrics(metrics, resolve_checkpoint(cfg.run_dir, cfg.checkpoint))
+        metrics.update(seconds=round(time.time() - started, 1), checkpoint=str(cfg.checkpoint),
+                       checkpoint_epoch=state["epoch"])
+        if "iw_nll" in metrics:
+            metrics["iw_precision"] = str(cfg.iw_precision)
+        width = max(map(len, metrics))   # the table first: it is on the screen even if the disk refuses eval.json
+        print(f"{'metric':<{width}}  value")
+        for key, value in metrics.items():
+            print(f"{key:<{width}}  {value:.4f}" if isinstance(value, float) else f"{key:<{width}}  {value}")
+        out = out_dir / "eval.json"
+        results = _earlier_results(out)
+        results[cfg.split] = metrics
+        write_json_atomic(out, results)
     except SeqvaeError as exc:
         return _fail(exc)
-    metrics.update(seconds=round(time.time() - started, 1), checkpoint=str(cfg.checkpoint),
-                   checkpoint_epoch=state["epoch"])
-    if "iw_nll" in metrics:
-        metrics["iw_precision"] = str(cfg.iw_precision)
-    run_dir = _run_dir_of(cfg)
-    out = run_dir / "eval.json"
-    results = json.loads(out.read_text()) if out.exists() else {}
-    results[cfg.split] = metrics
-    out.write_text(json.dumps(results, indent=2))
-    width = max(map(len, metrics))
-    print(f"{'metric':<{width}}  value")
-    for key, value in metrics.items():
-        print(f"{key:<{width}}  {value:.4f}" if isinstance(value, float) else f"{key:<{width}}  {value}")
     print(f"written: {out}")
     return metrics
 
@@ -152,6 +173,23 @@ def check_finite_metrics(metrics: dict, checkpoint: Path) -> None:
                           f"best) or retrain")
 
 
+def _earlier_results(out: Path) -> dict:
+    """eval.json's results of the other splits; one left unreadable (e.g. truncated by an older version) is kept
+    aside as eval.json.broken, with a warning, rather than failing the evaluation that just finished."""
+    if not out.exists():
+        return {}
+    try:
+        results = read_json(out)
+        if isinstance(results, dict):
+            return results
+    except SeqvaeError:
+        pass
+    broken = out.with_name(out.name + ".broken")
+    os.replace(out, broken)
+    log.warning("%s was unreadable: moved to %s; eval.json now holds this split's results only", out, broken)
+    return {}
+
+
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="sample")
 def sample_app(cfg: DictConfig) -> None:
     from . import visuals
@@ -163,7 +201,7 @@ def sample_app(cfg: DictConfig) -> None:
                                           _data_dir_is_default())
         if model.latent_dim == 0 and dm.kind != "text":
             raise SeqvaeError("this run's model has no latent variable: there is nothing to sample from a prior")
-        run_dir = _run_dir_of(cfg)
+        run_dir = _output_folder(cfg)
         torch.manual_seed(cfg.seed)
         writer = LazyWriter(str(run_dir / "tb"))
         written = visuals.SAMPLERS[dm.kind](model, dm, cfg, run_dir / "samples", writer, state["step"])
@@ -251,6 +289,43 @@ def check_overrides(verb: str, args: list[str]) -> None:
                                   f"`seqvae {verb} --cfg job` prints the whole config)") from None
 
 
+def claim_run_folder(args: list[str]) -> Path | None:
+    """`seqvae train`, before Hydra writes into the run folder (.hydra/, train.log): refuse a folder that cannot be
+    written, that another training holds, or that holds another run without trainer.resume or trainer.overwrite,
+    and lock it for this process. Returns the folder locked, or None where the command line does not name one
+    plainly (a sweep, the default outputs/DATE/TIME, an interpolation): train_app checks those after Hydra."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    multirun = any(a in ("-m", "--multirun") for a in args)
+    if any(a.startswith("-") and a not in ("-m", "--multirun") for a in args):
+        return None   # --cfg, --info, -cn ...: Hydra prints or composes something else
+    try:
+        parsed = OverridesParser.create().parse_overrides([a for a in args if not a.startswith("-")])
+    except HydraException:
+        return None   # Hydra reports the syntax error
+    if multirun or any(o.is_sweep_override() for o in parsed):
+        runfolder.check_writable(Path("multirun"), "sweep folder")
+        return None
+    values = {o.key_or_group: o.value() for o in parsed if not o.is_delete()}
+    run_dir = values.get("run_dir")
+    if any(k.startswith("hydra.") for k in values) or "${" in str(run_dir):
+        return None
+    if run_dir is None:
+        runfolder.check_writable(Path("outputs"), "outputs folder")
+        return None
+    target = Path(str(run_dir))
+    runfolder.check_writable(target)
+    runfolder.acquire_lock(target)
+    try:
+        runfolder.check_run_folder(target, values.get("trainer.resume", False),
+                                   bool(values.get("trainer.overwrite", False)))
+    except SeqvaeError:
+        runfolder.release_lock(target)
+        raise
+    return target
+
+
 def main() -> None:
     args = sys.argv[1:]
     if not args or args[0] in ("-h", "--help", "help"):
@@ -264,8 +339,11 @@ def main() -> None:
         print(f"seqvae: error: unknown verb {verb!r}; expected one of train, eval, sample, report "
               f"(seqvae --help lists them)", file=sys.stderr)
         sys.exit(2)
+    claimed = None
     try:
         check_overrides(verb, rest)
+        if verb == "train" and not distributed.launched_by_torchrun():
+            claimed = claim_run_folder(rest)
     except SeqvaeError as exc:
         print(f"seqvae: error: {exc}", file=sys.stderr)
         sys.exit(2)
@@ -276,7 +354,12 @@ def main() -> None:
     sys.argv = [f"seqvae-{verb}"] + rest
     try:
         APPS[verb]()
+    except KeyboardInterrupt:   # outside the training loop, which stops on Ctrl-C with its own line
+        print(f"seqvae: error: {verb} stopped by Ctrl-C (SIGINT) before it finished", file=sys.stderr)
+        sys.exit(130)
     finally:
+        if claimed is not None:
+            runfolder.release_lock(claimed)
         distributed.shutdown()
 
 

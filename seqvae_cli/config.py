@@ -16,11 +16,12 @@ import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from .errors import SeqvaeError
+from .runfolder import is_seqvae_run, not_writable_reason
 
 
 def _run_dir(task_name: str, run_dir: str | None, checkpoint: str | None) -> str:
     """Hydra's run directory: train -> run_dir or outputs/DATE/TIME; eval/sample -> RUN/logs/TASK_DATE_TIME when
-    the run's folder exists, else outputs/TASK/DATE/TIME."""
+    the run's folder is a seqvae run that can be written, else outputs/TASK/DATE/TIME."""
     now = datetime.datetime.now()
     if task_name == "train":
         # Under torchrun every rank names the folder by rank 0's clock (distributed.init_from_torchrun).
@@ -30,7 +31,9 @@ def _run_dir(task_name: str, run_dir: str | None, checkpoint: str | None) -> str
     if not base and checkpoint and str(checkpoint).endswith(".pt"):
         ckpt = Path(str(checkpoint))
         base = str(ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent)
-    if not base or not Path(base).is_dir():  # a mistyped run_dir must not be created just to hold the logs
+    # Logs go into the run only when it is a seqvae run that can take them: a mistyped run_dir must not be created
+    # just to hold them, and nothing may land in a folder that is not a run (run_dir=/etc) or cannot be written.
+    if not base or not is_seqvae_run(Path(base)) or not_writable_reason(Path(base)) is not None:
         return f"outputs/{task_name}/{now:%Y-%m-%d}/{now:%H-%M-%S}"
     return f"{base}/logs/{task_name}_{now:%Y-%m-%d_%H-%M-%S}"
 
@@ -122,6 +125,10 @@ def resume_rule() -> tuple[Callable[[Any], bool], str]:
         "false, true (with run_dir=RUN) or a path to a .pt checkpoint"
 
 
+# The longest decode `seqvae sample` runs (tokens per sentence): PTB's longest sentence has 83 tokens, and a model
+# that never emits <eos> would otherwise decode for as long as asked, minutes for max_len=1000000.
+MAX_DECODE_LEN = 1000
+
 # key -> (check, description). Keys absent from a config (e.g. text-only keys on MNIST) are skipped.
 RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "device.type": one_of("auto", "cpu", "cuda", "mps"),
@@ -179,6 +186,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "trainer.precision": precision_rule(),
     "iw_precision": precision_rule(),
     "trainer.resume": resume_rule(),
+    "trainer.overwrite": BOOLEAN,
     "trainer.test": BOOLEAN,
     "trainer.test_iw_samples": number(0, integer=True),
     "trainer.val_iw_samples": number(0, integer=True),
@@ -238,7 +246,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "top_p": number(0, 1, lo_open=True),
     "beam_width": number(1, integer=True),
     "length_penalty": number(0),
-    "max_len": number(1, integer=True),
+    "max_len": number(1, MAX_DECODE_LEN, integer=True),
     # time series: the series LSTM-VAE's keys (model=lstm_vae), eval's anomaly score, sample's forecasts
     "model.series_decoder": one_of("repeat", "autoregressive"),
     "model.output_std": one_of("learned_channel", "learned_step", "fixed"),
@@ -324,6 +332,10 @@ def validate(cfg: DictConfig, rules: dict = RULES) -> None:
             value = list(value)
         if not ok(value):
             raise value_error(key, value, (ok, allowed))
+    if OmegaConf.select(cfg, "trainer.overwrite", default=False) and \
+            OmegaConf.select(cfg, "trainer.resume", default=False) is not False:
+        raise SeqvaeError("config error: trainer.overwrite=true starts a new run over the old one, and trainer.resume "
+                          "continues the old one; set only one of them")
     if OmegaConf.select(cfg, "optimized_metric", default=None) == "val/iw_nll" and \
             not OmegaConf.select(cfg, "trainer.val_iw_samples", default=0):
         raise SeqvaeError("config error: optimized_metric=val/iw_nll needs the validation IW-NLL, but "

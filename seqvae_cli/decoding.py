@@ -16,11 +16,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from tqdm import tqdm
 
 from .errors import SeqvaeError
 from .models import eval_mode
 
 STRATEGIES = ("greedy", "sample", "beam")
+# A decode that runs longer than this many seconds shows a progress bar (label given: seqvae sample's decodes).
+PROGRESS_AFTER_S = 2.0
 
 
 @dataclass
@@ -65,15 +68,21 @@ def filter_log_probs(log_probs: torch.Tensor, temperature: float = 1.0, top_k: i
     return torch.log_softmax(logits, dim=-1)
 
 
+def _steps(max_len: int, label: str | None) -> tqdm:
+    """The decoding steps; with a label, a progress bar once the decode has run PROGRESS_AFTER_S seconds."""
+    return tqdm(range(max_len), desc=label, unit="token", delay=PROGRESS_AFTER_S, leave=False,
+                disable=label is None)
+
+
 @torch.no_grad()
-def _left_to_right(model, z, n, max_len, choose) -> Decoded:
-    with eval_mode(model):
+def _left_to_right(model, z, n, max_len, choose, progress: str | None = None) -> Decoded:
+    with eval_mode(model), _steps(max_len, progress) as steps:
         n, state, tokens, device = _start(model, z, n)
         out = torch.full((n, max_len), model.pad_id, dtype=torch.long, device=device)
         log_prob = torch.zeros(n, device=device)
         lengths = torch.full((n,), max_len, dtype=torch.long, device=device)
         done = torch.zeros(n, dtype=torch.bool, device=device)
-        for t in range(max_len):
+        for t in steps:
             lp, state = model.decoder_step(tokens, state, z)
             tokens = choose(allowed_log_probs(model, lp))
             tokens = tokens.masked_fill(done, model.pad_id)
@@ -88,39 +97,40 @@ def _left_to_right(model, z, n, max_len, choose) -> Decoded:
         return Decoded(out, lengths, log_prob)
 
 
-def greedy(model, z: torch.Tensor | None = None, n: int | None = None, max_len: int = 100) -> Decoded:
+def greedy(model, z: torch.Tensor | None = None, n: int | None = None, max_len: int = 100,
+           progress: str | None = None) -> Decoded:
     """The most likely token at every step (deterministic)."""
-    return _left_to_right(model, z, n, max_len, lambda lp: lp.argmax(-1))
+    return _left_to_right(model, z, n, max_len, lambda lp: lp.argmax(-1), progress)
 
 
 def sample(model, z: torch.Tensor | None = None, n: int | None = None, max_len: int = 100,
            generator: torch.Generator | None = None, temperature: float = 1.0, top_k: int = 0,
-           top_p: float = 1.0) -> Decoded:
+           top_p: float = 1.0, progress: str | None = None) -> Decoded:
     """Ancestral sampling, optionally tempered and restricted to the top k / the nucleus of mass top_p.
     temperature=0 is greedy decoding."""
     if temperature < 0 or not 0.0 < top_p <= 1.0 or top_k < 0:
         raise SeqvaeError(f"sampling needs temperature >= 0, 0 < top_p <= 1 and top_k >= 0 "
                           f"(got temperature={temperature}, top_p={top_p}, top_k={top_k})")
     if temperature == 0:
-        return greedy(model, z, n, max_len)
+        return greedy(model, z, n, max_len, progress)
 
     def choose(lp: torch.Tensor) -> torch.Tensor:
         probs = filter_log_probs(lp, temperature, top_k, top_p).exp()
         return torch.multinomial(probs, 1, generator=generator).squeeze(1)
 
-    return _left_to_right(model, z, n, max_len, choose)
+    return _left_to_right(model, z, n, max_len, choose, progress)
 
 
 @torch.no_grad()
 def beam_search(model, z: torch.Tensor | None = None, n: int | None = None, beam_width: int = 5,
-                max_len: int = 100, length_penalty: float = 0.0) -> Decoded:
+                max_len: int = 100, length_penalty: float = 0.0, progress: str | None = None) -> Decoded:
     """Beam search, batched over sentences. A finished hypothesis stays in its beam with a fixed score;
     the search ends when every beam's hypotheses are finished or at max_len. Returns, per sentence, the
     hypothesis with the best total log-probability (divided by length**length_penalty when > 0)."""
     if beam_width < 1:
         raise SeqvaeError(f"beam_width must be >= 1 (got {beam_width})")
     k = beam_width
-    with eval_mode(model):
+    with eval_mode(model), _steps(max_len, progress) as steps:
         n, state, _, device = _start(model, z, n)
         state = tuple(s.repeat_interleave(k, dim=1) for s in state)
         zk = z.repeat_interleave(k, dim=0) if z is not None else None
@@ -131,7 +141,7 @@ def beam_search(model, z: torch.Tensor | None = None, n: int | None = None, beam
         lengths = torch.zeros(n, k, dtype=torch.long, device=device)
         done = torch.zeros(n, k, dtype=torch.bool, device=device)
         base = (torch.arange(n, device=device) * k).unsqueeze(1)
-        for t in range(max_len):
+        for _ in steps:
             lp, state = model.decoder_step(tokens, state, zk)
             v = lp.shape[-1]
             lp = allowed_log_probs(model, lp).view(n, k, v)
@@ -162,14 +172,16 @@ def beam_search(model, z: torch.Tensor | None = None, n: int | None = None, beam
 
 def decode(model, z: torch.Tensor | None = None, n: int | None = None, strategy: str = "greedy",
            max_len: int = 100, generator: torch.Generator | None = None, temperature: float = 1.0,
-           top_k: int = 0, top_p: float = 1.0, beam_width: int = 5, length_penalty: float = 0.0) -> Decoded:
-    """One entry point for the sampler: strategy = greedy | sample | beam."""
+           top_k: int = 0, top_p: float = 1.0, beam_width: int = 5, length_penalty: float = 0.0,
+           progress: str | None = None) -> Decoded:
+    """One entry point for the sampler: strategy = greedy | sample | beam. progress: a label for the progress bar
+    a long decode shows (none without)."""
     if strategy == "greedy":
-        return greedy(model, z, n, max_len)
+        return greedy(model, z, n, max_len, progress)
     if strategy == "sample":
-        return sample(model, z, n, max_len, generator, temperature, top_k, top_p)
+        return sample(model, z, n, max_len, generator, temperature, top_k, top_p, progress)
     if strategy == "beam":
-        return beam_search(model, z, n, beam_width, max_len, length_penalty)
+        return beam_search(model, z, n, beam_width, max_len, length_penalty, progress)
     raise SeqvaeError(f"decoding strategy {strategy!r} is not allowed; expected one of: {', '.join(STRATEGIES)}")
 
 

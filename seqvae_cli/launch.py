@@ -16,6 +16,7 @@ from pathlib import Path
 
 from . import distributed
 from .config import override_keys
+from .runfolder import LOCKED_BY_PARENT_ENV
 from .errors import SeqvaeError
 
 log = logging.getLogger("seqvae")
@@ -35,6 +36,8 @@ def train_with_torchrun(devices: int, overrides: list[str], run_dir: Path) -> fl
              devices, " ".join(["python", *args]))
     config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=devices, run_id=str(uuid.uuid4()),
                           rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0, monitor_interval=0.5)
+    # This process holds the run folder's lock and has checked the folder: the ranks write into it without either.
+    os.environ[LOCKED_BY_PARENT_ENV] = str(run_dir)
     try:
         elastic_launch(config, entrypoint=sys.executable)(*args)
     except ChildFailedError as exc:
@@ -49,6 +52,8 @@ def train_with_torchrun(devices: int, overrides: list[str], run_dir: Path) -> fl
         how = (f"was killed by {failure.signal_name()}" if failure.exitcode < 0
                else f"exited with code {failure.exitcode}")
         raise SeqvaeError(f"training process {rank} of {devices} {how}, so the run stopped; {resume}") from None
+    finally:
+        del os.environ[LOCKED_BY_PARENT_ENV]   # the next job of a sweep takes its own folder's lock
     metrics = run_dir / "metrics.json"
     if not metrics.is_file():
         raise SeqvaeError(f"the {devices} training processes finished but wrote no {metrics}; see the log above")

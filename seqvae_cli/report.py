@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
+import io
 import math
 import sys
 from pathlib import Path
@@ -11,9 +11,12 @@ from pathlib import Path
 import yaml
 
 from .config import metric_mode
+from .errors import SeqvaeError
+from .files import read_json, write_text_atomic
 
 
 NO_METRICS = "no metrics.json: failed or still running"
+BROKEN = "broken: metrics.json unreadable"
 
 
 def _job_key(job: Path) -> tuple:
@@ -27,22 +30,35 @@ def collect(sweep_dir: Path) -> list[dict]:
     jobs |= {p.parent for p in sweep_dir.glob("*/metrics.json")}
     rows = []
     for job in sorted(jobs, key=_job_key):
-        overrides_file = job / ".hydra" / "overrides.yaml"
-        overrides = yaml.safe_load(overrides_file.read_text()) if overrides_file.exists() else []
-        row = {"job": job.name, "overrides": " ".join(o for o in overrides or [] if not o.startswith("hydra"))}
+        row = {"job": job.name, "overrides": _overrides(job / ".hydra" / "overrides.yaml")}
         metrics_file = job / "metrics.json"
         if not metrics_file.exists():
             rows.append({**row, "status": NO_METRICS})
             continue
-        metrics = json.loads(metrics_file.read_text())
-        metric = metrics["optimized_metric"]
-        row.update({"status": "done", metric: metrics["optimized_value"], "best_epoch": metrics["best_epoch"],
-                    "_metric": metric, "_mode": metrics.get("optimized_mode") or metric_mode(metric)})
+        try:   # a file torn by a kill (written in place by older versions) or edited by hand: listed, not fatal
+            metrics = read_json(metrics_file)
+            metric = metrics["optimized_metric"]
+            row.update({"status": "done", metric: metrics["optimized_value"], "best_epoch": metrics["best_epoch"],
+                        "_metric": metric, "_mode": metrics.get("optimized_mode") or metric_mode(metric)})
+        except (SeqvaeError, KeyError, TypeError, AttributeError):
+            rows.append({**row, "status": BROKEN})
+            continue
         for key, value in metrics.get("test", {}).items():
             if isinstance(value, (int, float)) and key != "num_examples":
                 row[f"test/{key}"] = value
         rows.append(row)
     return rows
+
+
+def _overrides(path: Path) -> str:
+    """The job's command-line overrides, without Hydra's own; '?' when the file is unreadable."""
+    if not path.exists():
+        return ""
+    try:
+        overrides = yaml.safe_load(path.read_text()) or []
+        return " ".join(str(o) for o in overrides if not str(o).startswith("hydra"))
+    except (OSError, yaml.YAMLError, TypeError):
+        return "?"
 
 
 def rank(rows: list[dict]) -> dict[str, str]:
@@ -84,15 +100,25 @@ def main(argv: list[str]) -> int:
     for row in cells:
         print("  ".join(v.ljust(w) for v, w in zip(row, widths)))
     out = args.csv or args.sweep_dir / "report.csv"
-    with open(out, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
+    table = io.StringIO(newline="")
+    writer = csv.DictWriter(table, fieldnames=columns, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    try:
+        write_text_atomic(out, table.getvalue())
+    except SeqvaeError as exc:
+        print(f"seqvae: error: {exc}", file=sys.stderr)
+        return 2
     order = "; ".join(f"{m}, {'higher' if mode == 'max' else 'lower'} is better" for m, mode in modes.items())
     print(f"written: {out} (sorted by {order or 'nothing: no job finished'})")
     unfinished = sum(r["status"] == NO_METRICS for r in rows)
     if unfinished:
         print(f"seqvae: warning: {unfinished} of {len(rows)} jobs have {NO_METRICS} (their train.log says which)",
+              file=sys.stderr)
+    broken = [r["job"] for r in rows if r["status"] == BROKEN]
+    if broken:
+        print(f"seqvae: warning: {len(broken)} of {len(rows)} jobs have an unreadable metrics.json (jobs "
+              f"{', '.join(broken)}); `seqvae train run_dir=SWEEP/JOB trainer.resume=true` writes it again",
               file=sys.stderr)
     if len(modes) > 1:
         print(f"seqvae: warning: the jobs optimised different metrics ({', '.join(modes)}), which cannot be "

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import json
 import logging
 import math
 import os
 import shutil
+import signal
 import time
 import uuid
 from pathlib import Path
@@ -33,6 +33,8 @@ from .config import is_bf16, metric_mode, override_keys, setup_device
 from .data import Batch
 from .errors import SeqvaeError
 from .evaluate import evaluate, public, split_mutual_information
+from .files import DISK_ERRORS, WriteFailed, as_write_failure, write_json_atomic
+from .interrupt import StopRequests, Stopped, stop_message
 from .models import LatentModel, eval_mode
 from .objective import Objective, Terms, TrainingLoss
 
@@ -43,7 +45,7 @@ log = logging.getLogger("seqvae")
 # end (its defaults would silently cut mnist_nll's 400 epochs to trainer/default's 20), the learning rate and
 # gradient clipping (the cure a NaN stop advises; the run then leaves its exact-replay path, by request), and the
 # weight average (it never feeds back into training, so a run may take one up, or drop it, midway).
-FROM_COMMAND_LINE = ("trainer.resume", "trainer.progress_bar", "device", "paths", "data.data_dir",
+FROM_COMMAND_LINE = ("trainer.resume", "trainer.overwrite", "trainer.progress_bar", "device", "paths", "data.data_dir",
                      "trainer.devices", "trainer.cuda_graphs")
 CHANGEABLE_ON_RESUME = ("trainer.max_epochs", "trainer.max_steps", "trainer.test", "trainer.test_iw_samples",
                         "trainer.log_visuals", "optim.lr", "optim.grad_clip", "trainer.weight_average")
@@ -143,7 +145,7 @@ def find_resume_state(cfg: DictConfig, run_dir: Path) -> tuple[dict | None, Path
     resume = cfg.trainer.resume
     last = run_dir / "checkpoints" / "last.pt"
     if resume is False:
-        if last.exists():
+        if last.exists() and not cfg.trainer.get("overwrite", False):
             raise SeqvaeError(f"{run_dir} already holds a run ({last}); add trainer.resume=true to continue it, "
                               f"or leave run_dir unset for a fresh run directory")
         return None, None
@@ -154,8 +156,9 @@ def find_resume_state(cfg: DictConfig, run_dir: Path) -> tuple[dict | None, Path
                               "(it holds checkpoints/last.pt) or trainer.resume=<path/to/checkpoint.pt>")
         # The folder exists (e.g. the run was killed in its first epoch) or is mistyped: either way nothing to load.
         raise SeqvaeError(f"trainer.resume=true but {path} does not exist: {run_dir} has no checkpoint yet "
-                          f"(last.pt is written at the end of each epoch). Start it afresh without "
-                          f"trainer.resume=true (run_dir={run_dir} may stay), or check the run_dir")
+                          f"(last.pt is written at the end of each epoch). Start it afresh with "
+                          f"trainer.overwrite=true instead of trainer.resume=true (run_dir={run_dir} may stay), or "
+                          f"check the run_dir")
     state = load_checkpoint(path)
     check_belongs(state, path, run_dir, f"continue that run in a new folder (seqvae train trainer.resume={path} "
                                         f"run_dir=<a new folder>), or resume {run_dir}'s own last.pt")
@@ -364,6 +367,10 @@ class Trainer:
         self.best_val, self.best_epoch = {}, -1
         if self.rank > 0:  # each rank its own noise (dropout, z samples); rank 0 continues one process's stream
             torch.manual_seed(tc.seed + 1_000_003 * self.rank)
+        # The epoch checkpoints/last.pt of this run folder holds (None: none yet), for the line a stop ends with.
+        last = run_dir / "checkpoints" / "last.pt"
+        self.saved_epoch = state["epoch"] if state is not None and last.exists() and path.samefile(last) else None
+        self.stop_requests = StopRequests()
         if state is not None:
             self.restore(state, path)
         self.writer = (SummaryWriter(str(run_dir / "tb"), purge_step=self.step if state is not None else None)
@@ -436,6 +443,8 @@ class Trainer:
         if self.rank == 0:
             record_run_id(self.run_dir, self.run_id)
             save_atomic(state, self.run_dir / "checkpoints" / name)
+            if name == "last.pt":
+                self.saved_epoch = self.epoch
 
     def restore(self, state: dict, path: Path) -> None:
         if "training_model" in state:
@@ -525,6 +534,41 @@ class Trainer:
 
     # ---------------------------------------------------------------------------------- training
     def fit(self) -> dict:
+        """Train, validate and checkpoint until the last epoch, then test best.pt; returns metrics.json's content.
+        One process: SIGINT/SIGTERM stop it at the next step boundary with a Stopped line (under DDP the launcher
+        owns the signals). A disk that fills up or turns read-only stops it with one line too."""
+        requests = self.stop_requests if self.world == 1 else contextlib.nullcontext()
+        try:
+            with requests:
+                return self._fit()
+        except KeyboardInterrupt:   # a second signal (or a Ctrl-C the handlers did not see)
+            raise self.stopped(now=True) from None
+        except WriteFailed as exc:
+            raise self.write_failed(exc) from None
+        except OSError as exc:      # a PNG or folder the trainer writes directly
+            if exc.errno not in DISK_ERRORS:
+                raise
+            raise self.write_failed(as_write_failure(exc, Path(exc.filename or self.run_dir))) from None
+        finally:
+            self.writer.close()
+
+    def stopped(self, now: bool = False, mid_epoch: bool = False) -> Stopped:
+        """The Stopped error for a signal (now: a second one, or a KeyboardInterrupt, that cut short what ran)."""
+        how = ("a second " if now and self.stop_requests.requested else "") + self.stop_requests.name()
+        saved = self.saved_epoch
+        finished = saved is not None and (saved >= self.cfg.trainer.max_epochs or
+                                          (saved == self.epoch and self.step >= self.total_steps))
+        return Stopped(stop_message(how, self.run_dir, self.step, saved, finished, mid_epoch),
+                       self.stop_requests.signum or signal.SIGINT)
+
+    def write_failed(self, exc: WriteFailed) -> SeqvaeError:
+        last = self.run_dir / "checkpoints" / "last.pt"
+        kept = f"; {last} still holds epoch {self.saved_epoch}" if self.saved_epoch is not None else ""
+        carry_on = (f"then continue with seqvae train run_dir={self.run_dir} trainer.resume=true"
+                    if self.saved_epoch is not None else "then start it again with trainer.overwrite=true")
+        return SeqvaeError(f"{exc}, {carry_on} (nothing was left half-written{kept})")
+
+    def _fit(self) -> dict:
         tc = self.cfg.trainer
         started = time.time()
         self.writer.add_text("config", "```\n" + OmegaConf.to_yaml(self.cfg) + "\n```", 0)
@@ -532,6 +576,8 @@ class Trainer:
             self.check_optimized_metric()
         while self.epoch < tc.max_epochs and self.step < self.total_steps:
             self.train_epoch()
+            if self.stop_requests.requested:   # mid-epoch: last.pt keeps the end of the epoch before
+                raise self.stopped(mid_epoch=True)
             self.epoch += 1
             if self.aggressive is not None and self.aggressive.on:
                 self.end_aggressive_epoch()
@@ -551,6 +597,8 @@ class Trainer:
                     value = float(bad[1].detach()[~torch.isfinite(bad[1].detach())].flatten()[0])
                     self.stop_non_finite(f"the weights became non-finite ({value} in {bad[0]})", self.epoch)
             self.save("last.pt")
+            if self.stop_requests.requested:   # it came during validation or the checkpoint writes, which finished
+                raise self.stopped()
         if self.best_epoch < 0:  # resumed a finished run, or no validation happened
             self.validate()
         result = {"optimized_metric": self.optimized_metric, "optimized_mode": self.optimized_mode,
@@ -562,7 +610,7 @@ class Trainer:
         if tc.test:
             result["test"] = self.test()
         if self.rank == 0:
-            (self.run_dir / "metrics.json").write_text(json.dumps(result, indent=2))
+            write_json_atomic(self.run_dir / "metrics.json", result)
             self.log_hparams(result)
             if tc.log_visuals:
                 visuals.end_of_training(self.model, self.dm, self.run_dir / "samples", self.writer, self.step)
@@ -614,7 +662,11 @@ class Trainer:
             self.step += 1
             if show_bar and (self.check_each_step or self.step % log_every == 0):
                 bar.set_postfix(loss=f"{float(self.train_sums[0]) / n:.3f}", refresh=False)
+            if self.stop_requests.requested:   # SIGINT/SIGTERM: stop at this step boundary (fit says how to resume)
+                break
         bar.close()
+        if self.stop_requests.requested:
+            return {}
         self.check_finite_sums(checked_step)
         totals = distributed.all_reduce_sum(torch.cat([self.train_sums[:2], self.train_sums.new_tensor([n])]))
         total = max(float(totals[2]), 1.0)

@@ -8,8 +8,6 @@ training), so figures are comparable from one run or validation to the next.
 """
 from __future__ import annotations
 
-import json
-
 import math
 from pathlib import Path
 
@@ -19,6 +17,8 @@ from torch.utils.tensorboard import SummaryWriter
 
 from .anomaly import dominant_period, last_value_forecast, pick_score, seasonal_naive_forecast
 from .errors import SeqvaeError
+from .files import write_json_atomic
+from .memory import check_fits, forecast_sample_bytes
 from .models import eval_mode
 
 MAX_SERIES_PLOTS = 4      # windowed data: at most this many series in anomaly_scores.png
@@ -309,12 +309,15 @@ def forecast_with_scores(model, dm, cfg, out_dir: Path):
                                cfg.season, cfg.seed)
     scores = {"split": cfg.split, "windows": cfg.forecast_windows, "prefix_fraction": cfg.forecast_prefix,
               "num_forecasts": cfg.num_forecasts, "mse_normalised_units": mse}
-    (out_dir / "forecast_mse.json").write_text(json.dumps(scores, indent=2))
+    write_json_atomic(out_dir / "forecast_mse.json", scores)
     return fig
 
 
 def sample_series(model, dm, cfg, out_dir: Path, writer: SummaryWriter, step: int) -> list[Path]:
     """Everything `seqvae sample` draws for a time-series model; returns the files written."""
+    windows = len(forecast_windows(dm, cfg.split, cfg.forecast_windows))
+    check_fits("num_forecasts", cfg.num_forecasts, forecast_sample_bytes(model, windows), 0,
+               f"{cfg.num_forecasts} forecasts of each of {windows} windows at once", dm.device)
     out_dir.mkdir(parents=True, exist_ok=True)
     model.eval()
     figures = [

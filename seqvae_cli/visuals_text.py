@@ -10,6 +10,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 from .decoding import decode, homotopy, to_text
 from .data import read_text_file
+from .memory import check_fits, decoding_row_bytes
 from .models import eval_mode
 
 
@@ -37,12 +38,12 @@ def _device_generator(dm, seed: int) -> torch.Generator:
 
 @torch.no_grad()
 def reconstructions(model, dm, sentences: list[str], strategy: str = "greedy", max_len: int = 50,
-                    beam_width: int = 5, length_penalty: float = 0.0) -> list[str]:
+                    beam_width: int = 5, length_penalty: float = 0.0, progress: str | None = None) -> list[str]:
     """Decode each sentence from its posterior mean."""
     batch = dm.batch_from_sentences(sentences)
     mu, _ = model.encode(batch)
     return to_text(dm, decode(model, mu, strategy=strategy, max_len=max_len, beam_width=beam_width,
-                              length_penalty=length_penalty))
+                              length_penalty=length_penalty, progress=progress))
 
 
 def _some_sentences(dm, split: str, n: int) -> list[str]:
@@ -74,11 +75,25 @@ def given_sentences(cfg) -> list[str]:
     return sentences
 
 
+def check_decoding_fits(model, dm, cfg, inputs: int) -> None:
+    """Refuse up front the sizes whose decoding tensors cannot fit: num_samples (or the sentences to reconstruct)
+    decoded at once, and beam_width beams for each of them."""
+    rows = max(cfg.num_samples, inputs)
+    key = "num_samples" if cfg.num_samples >= inputs else ("sentences" if given_sentences(cfg) else
+                                                            "num_reconstructions")
+    vocab = f"the {model.vocab_size}-word vocabulary"
+    check_fits(key, rows, decoding_row_bytes(model, cfg.max_len, beam=False), 0,
+               f"decoding {rows} sentences at once over {vocab}", dm.device)
+    check_fits("beam_width", cfg.beam_width, rows * decoding_row_bytes(model, cfg.max_len, beam=True), 0,
+               f"beam search over {vocab} for {rows} sentences at once", dm.device)
+
+
 def sample_text(model, dm, cfg, out_dir: Path, writer: SummaryWriter, step: int) -> list[Path]:
     """Everything `seqvae sample` writes for a text model; returns the files written."""
     sentences = given_sentences(cfg)
     if sentences:  # fail on a bad sentence before writing anything
         dm.batch_from_sentences(sentences)
+    check_decoding_fits(model, dm, cfg, (len(sentences) or cfg.num_reconstructions) if model.latent_dim else 0)
     out_dir.mkdir(parents=True, exist_ok=True)
     files: dict[str, list[str]] = {}
     strategies = {
@@ -90,19 +105,21 @@ def sample_text(model, dm, cfg, out_dir: Path, writer: SummaryWriter, step: int)
                                        length_penalty=cfg.length_penalty),
     }
     for name, kwargs in strategies.items():
-        files[f"prior_{name}"] = prior_sentences(model, dm, cfg.num_samples, cfg.seed, max_len=cfg.max_len, **kwargs)
+        files[f"prior_{name}"] = prior_sentences(model, dm, cfg.num_samples, cfg.seed, max_len=cfg.max_len,
+                                                 progress=f"prior sentences, {name}", **kwargs)
     if model.latent_dim > 0:
         inputs = sentences or _some_sentences(dm, cfg.split, cfg.num_reconstructions)
-        greedy_out = reconstructions(model, dm, inputs, "greedy", cfg.max_len)
-        beam_out = reconstructions(model, dm, inputs, "beam", cfg.max_len, cfg.beam_width, cfg.length_penalty)
+        greedy_out = reconstructions(model, dm, inputs, "greedy", cfg.max_len, progress="reconstructions, greedy")
+        beam_out = reconstructions(model, dm, inputs, "beam", cfg.max_len, cfg.beam_width, cfg.length_penalty,
+                                   progress=f"reconstructions, beam_{cfg.beam_width}")
         known = [dm.decode_ids(dm.encode_sentence(s)) for s in inputs]  # what the model read (<unk> shown)
         files["reconstructions"] = [f"input : {s}\nread  : {k}\ngreedy: {g}\nbeam  : {b}\n"
                                     for s, k, g, b in zip(inputs, known, greedy_out, beam_out)]
         ends = inputs[:2] if len(inputs) >= 2 else _some_sentences(dm, cfg.split, 2)
         mu, _ = model.encode(dm.batch_from_sentences(ends))
         path = homotopy(mu[0], mu[1], cfg.interpolation_steps)
-        files["homotopy"] = [f"from: {ends[0]}"] + to_text(dm, decode(model, path, max_len=cfg.max_len)) + \
-                            [f"to  : {ends[1]}"]
+        decoded = decode(model, path, max_len=cfg.max_len, progress="homotopy")
+        files["homotopy"] = [f"from: {ends[0]}"] + to_text(dm, decoded) + [f"to  : {ends[1]}"]
     written = []
     for name, lines in files.items():
         target = out_dir / f"{name}.txt"
