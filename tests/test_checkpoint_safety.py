@@ -8,6 +8,7 @@ checksum, so these files pass it: what stops them is the parts registry (seqvae_
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -328,7 +329,10 @@ def test_eval_and_sample_refuse_a_checkpoint_of_another_run(smoke_run, tmp_path)
     lone.write_bytes(best.read_bytes())
     proc = run_seqvae(["eval", f"checkpoint={lone}", "iw_samples=2", "limit_examples=100"], cwd=tmp_path)
     assert proc.returncode == 0, describe(proc)
-    assert json.loads((lone.parent / "eval.json").read_text())["test"]["num_examples"] == 100
+    # A lone file's folder is not a run: the results go to this command's own outputs/eval/DATE/TIME.
+    written = [Path(line.split(": ", 1)[1]) for line in proc.stdout.splitlines() if line.startswith("written: ")]
+    assert len(written) == 1 and not (lone.parent / "eval.json").exists()
+    assert json.loads(written[0].read_text())["test"]["num_examples"] == 100
 
 
 def test_resume_in_place_refuses_a_last_pt_of_another_run(smoke_run, tmp_path):

@@ -377,7 +377,7 @@ def sines_run(tmp_path_factory) -> Path:
 
 
 @pytest.mark.parametrize("override, needles", [
-    ("beam_width=1e5", ("beam_width=100000 needs about", "TiB", "beam search", "use beam_width<=")),
+    ("beam_width=100000", ("beam_width=100000 needs about", "TiB", "beam search", "use beam_width<=")),
     ("num_samples=100000000", ("num_samples=100000000 needs about", "use num_samples<=")),
 ])
 def test_text_decodes_that_cannot_fit_are_refused_up_front(vae_run, tmp_path, override, needles):
@@ -389,7 +389,7 @@ def test_text_decodes_that_cannot_fit_are_refused_up_front(vae_run, tmp_path, ov
 
 
 def test_forecasts_that_cannot_fit_are_refused_up_front(sines_run, tmp_path):
-    proc = run_seqvae(["sample", f"run_dir={sines_run}", "num_forecasts=1e8"], cwd=tmp_path)
+    proc = run_seqvae(["sample", f"run_dir={sines_run}", "num_forecasts=100000000"], cwd=tmp_path)
     assert_one_error_line(proc, "num_forecasts=100000000 needs about", "forecasts", "use num_forecasts<=")
     assert not (sines_run / "samples").exists()
 
