@@ -171,6 +171,7 @@ def test_every_command_refuses_a_crafted_checkpoint(smoke_run, tmp_path, entry, 
     check_refused_by_the_command(smoke_run, tmp_path, entry, kind, place)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("place", ["nested key", "list", "_args_"])
 def test_eval_refuses_a_target_in_a_nested_key_a_list_and_args(smoke_run, tmp_path, place):
     check_refused_by_the_command(smoke_run, tmp_path, "eval checkpoint=", "torch_load", place)

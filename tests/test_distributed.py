@@ -18,6 +18,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from seqvae_cli.config import validate
+from seqvae_cli.errors import SeqvaeError
 from seqvae_cli.trainer import Trainer
 
 from conftest import (SEQVAE, assert_one_error_line, compose_train_config, describe, run_seqvae, seqvae_env,
@@ -79,6 +81,7 @@ def rank_pid(run_dir: Path, rank: int) -> int | None:
     return None
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="needs /proc to find a rank's pid")
 def test_a_killed_rank_stops_the_run_with_one_line_and_resume_continues_it(tmp_path, mnist_data_dir):
     reference = train(tmp_path, LONGER, "reference")       # one process, never interrupted
@@ -119,12 +122,18 @@ def test_a_killed_rank_stops_the_run_with_one_line_and_resume_continues_it(tmp_p
     ("trainer.devices=0", "trainer.devices=0 is not allowed; expected an integer >= 1"),
     ("trainer.devices=1.5", "trainer.devices=1.5 is not allowed"),
     ("trainer.cuda_graphs=maybe", "trainer.cuda_graphs='maybe' is not allowed; expected auto, true or false"),
-    ("trainer.cuda_graphs=true", "trainer.cuda_graphs=true but it needs a CUDA device (this run is on cpu)"),
 ])
-def test_bad_scale_settings_are_one_line(tmp_path, mnist_data_dir, override, needle):
-    assert_one_error_line(run_seqvae(["train", *AE, override], cwd=tmp_path), needle)
+def test_bad_scale_settings_are_refused_before_work(override, needle):
+    with pytest.raises(SeqvaeError, match=re.escape(needle)):
+        validate(compose_train_config(*AE, override))
 
 
+def test_cuda_graphs_true_without_cuda_is_one_line(tmp_path, mnist_data_dir):
+    assert_one_error_line(run_seqvae(["train", *AE, "trainer.cuda_graphs=true"], cwd=tmp_path),
+                          "trainer.cuda_graphs=true but it needs a CUDA device (this run is on cpu)")
+
+
+@pytest.mark.slow
 def test_aggressive_training_is_refused_under_ddp(tmp_path, mnist_data_dir):
     proc = run_seqvae(["train", *AE, "model=mlp_vae", "objective.aggressive.enabled=true", "trainer.devices=2"],
                       cwd=tmp_path)

@@ -95,6 +95,7 @@ def test_the_lock_names_a_live_holder_and_is_taken_over_once_it_died(tmp_path, c
     assert not (run / ".lock").exists()
 
 
+@pytest.mark.slow
 def test_a_second_training_into_a_busy_folder_is_refused_then_takes_over_once_the_first_is_killed(
         mnist_data_dir, tmp_path):
     run = tmp_path / "run"
