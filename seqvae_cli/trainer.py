@@ -326,6 +326,11 @@ class Trainer:
         lr_settings = SimpleNamespace(**OmegaConf.to_container(cfg.optim, resolve=True))
         self.lr_factor = lambda s: lr_factor(lr_settings, s, self.total_steps, self.steps_per_epoch)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.lr_factor)
+        if self.capture and not isinstance(self.optimizer.param_groups[0]["lr"], torch.Tensor):
+            # A graph reads the lr tensor it was captured with; a scheduler that swaps in a float would freeze it.
+            raise SeqvaeError(f"config error: trainer.cuda_graphs needs an lr scheduler that updates a tensor lr in "
+                              f"place, which torch {torch.__version__} lacks; set trainer.cuda_graphs=false or "
+                              f"upgrade torch")
         if self.objective.pretrain_steps >= self.total_steps:
             raise SeqvaeError(f"config error: objective.ae_pretrain_epochs={cfg.objective.ae_pretrain_epochs} "
                               f"({self.objective.pretrain_steps} steps) leaves no VAE step within the "

@@ -172,8 +172,10 @@ def test_series_modules_hold_their_arguments_to_the_same_rules():
 
 @pytest.mark.parametrize("args,needles", [
     (["train", "optim.grad_clip=nan", "run_dir=run"], ("optim.grad_clip=nan", "finite")),
-    (["train", "model.latent_dim=2.0", "run_dir=run"], ("model.latent_dim=2.0", "model.latent_dim=2)")),
-    (["sample", "run_dir=nowhere", "traversal_range=nan"], ("traversal_range=nan",)),
+    pytest.param(["train", "model.latent_dim=2.0", "run_dir=run"], ("model.latent_dim=2.0", "model.latent_dim=2)"),
+                 marks=pytest.mark.slow),     # the in-process tests above cover the rule; the CLI path is one
+    pytest.param(["sample", "run_dir=nowhere", "traversal_range=nan"], ("traversal_range=nan",),
+                 marks=pytest.mark.slow),
 ])
 def test_cli_refuses_before_any_work(tmp_path, args, needles):
     proc = run_seqvae(args, cwd=tmp_path)

@@ -56,6 +56,7 @@ def test_two_gloo_processes_train_as_one_and_write_one_run_folder(tmp_path, mnis
     assert sorted(p.name for p in tmp_path.iterdir()) == ["one", "two"]
 
 
+@pytest.mark.slow
 def test_torchrun_itself_gives_every_rank_one_run_folder(tmp_path, mnist_data_dir):
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                            "-m", "seqvae_cli", "train", *AE, "trainer.test=false"],

@@ -284,7 +284,7 @@ def uninterrupted(tmp_path_factory, mnist_data_dir) -> Path:
 
 
 @pytest.mark.parametrize("signum, exit_code, name", [
-    (signal.SIGINT, 130, "Ctrl-C (SIGINT)"),
+    pytest.param(signal.SIGINT, 130, "Ctrl-C (SIGINT)", marks=pytest.mark.slow),   # ~22 s: three trainings
     pytest.param(signal.SIGTERM, 143, "SIGTERM", marks=pytest.mark.slow),
 ])
 def test_a_signal_stops_at_a_step_boundary_and_resume_replays_the_run(uninterrupted, tmp_path, signum, exit_code,
