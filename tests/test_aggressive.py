@@ -14,7 +14,8 @@ from seqvae_cli.errors import SeqvaeError
 from seqvae_cli.models import MLPVAE
 from seqvae_cli.models_seq import LSTMVAE, SeriesLSTMVAE
 from seqvae_cli.objective import Objective
-from seqvae_cli.trainer import AggressiveEncoder, Trainer, split_encoder_decoder
+from seqvae_cli.trainer import Trainer
+from seqvae_cli.training_extras import AggressiveEncoder, split_encoder_decoder
 
 from conftest import compose_train_config
 
