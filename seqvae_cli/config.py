@@ -15,6 +15,7 @@ from typing import Any, Callable
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from .distributed import RUN_STAMP_ENV
 from .errors import SeqvaeError
 from .runfolder import is_seqvae_run, not_writable_reason
 
@@ -25,7 +26,7 @@ def _run_dir(task_name: str, run_dir: str | None, checkpoint: str | None) -> str
     now = datetime.datetime.now()
     if task_name == "train":
         # Under torchrun every rank names the folder by rank 0's clock (distributed.init_from_torchrun).
-        stamp = os.environ.get("SEQVAE_RUN_STAMP") or f"{now:%Y-%m-%d}/{now:%H-%M-%S}"
+        stamp = os.environ.get(RUN_STAMP_ENV) or f"{now:%Y-%m-%d}/{now:%H-%M-%S}"
         return str(run_dir) if run_dir else f"outputs/{stamp}"
     base = run_dir
     if not base and checkpoint and str(checkpoint).endswith(".pt"):

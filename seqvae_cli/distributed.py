@@ -62,7 +62,8 @@ def init_from_torchrun() -> None:
         dist.init_process_group(backend="cpu:gloo,cuda:nccl", timeout=datetime.timedelta(minutes=30))
     else:
         dist.init_process_group(backend="gloo", timeout=datetime.timedelta(minutes=30))
-    stamp = [f"{datetime.datetime.now():%Y-%m-%d}/{datetime.datetime.now():%H-%M-%S}"]
+    now = datetime.datetime.now()
+    stamp = [f"{now:%Y-%m-%d}/{now:%H-%M-%S}"]
     dist.broadcast_object_list(stamp, src=0, device=torch.device("cpu"))
     os.environ[RUN_STAMP_ENV] = stamp[0]
 

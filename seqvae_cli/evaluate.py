@@ -103,7 +103,7 @@ def evaluate(model: LatentModel, dm: DataModule, split: str, iw_samples: int = 0
     state is put back afterwards: the numbers then depend neither on what ran before nor on how the batches are
     shared among processes. sharded: under DDP each rank scores every W-th batch and the results are gathered, so
     every rank returns what one process would (to float rounding); every rank must call it."""
-    device = mu_device(model)
+    device = model_device(model)
     devices = [device] if device.type in ("cuda", "mps") else []
     with torch.random.fork_rng(devices=devices, enabled=seed is not None,
                                device_type=device.type if devices else "cuda"):
@@ -111,7 +111,7 @@ def evaluate(model: LatentModel, dm: DataModule, split: str, iw_samples: int = 0
                          progress, score, out_dir, iw_bf16, seed, sharded)
 
 
-def mu_device(model: torch.nn.Module) -> torch.device:
+def model_device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
@@ -162,7 +162,7 @@ def _evaluate(model, dm, split, iw_samples, limit, batch_size, rows_per_chunk, w
             per["rec"].append(-ll)
     if world > 1:
         n, tokens, sums, per, mus, logvars, kl_dims = _gather_ranks(world, n, tokens, sums, per, mus, logvars,
-                                                                    kl_dims, mu_device(model))
+                                                                    kl_dims, model_device(model))
     out: dict = {"split": split, "num_examples": n, "rec": -sums["rec"] / n}
     out["_per_example"] = {k: torch.cat(v).cpu() for k, v in per.items() if v}
     if "kl" in out["_per_example"]:
