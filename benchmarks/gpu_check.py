@@ -204,8 +204,8 @@ class Check:
     def ptb_data(self):
         """The TextData `seqvae train` builds for PTB_VAE (the same composed config), on the CPU; and the config."""
         import hydra
-        from seqvae_cli.registry import build_part
-        from seqvae_cli.config import register_resolvers
+        from seqvae_cli.parts import build_part
+        from seqvae_cli.config.runtime import register_resolvers
         register_resolvers()
         with hydra.initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
             cfg = hydra.compose(config_name="train", overrides=PTB_VAE + [f"paths.data_dir={self.args.data_dir}"])
@@ -246,7 +246,7 @@ class Check:
 
     def ptb_epoch_tokens(self, epochs: int, limit: int | float) -> list[tuple[int, int]]:
         """(batches, tokens) of each epoch the Trainer trains with limit_train_batches=limit: its order replayed."""
-        from seqvae_cli.data import batch_limit
+        from seqvae_cli.data.base import batch_limit
         dm, cfg = self.once("ptb_data", self.ptb_data)
         gen, lengths, out = torch.Generator().manual_seed(int(cfg.trainer.seed) + 1), dm._cpu_lengths["train"], []
         for _ in range(epochs):

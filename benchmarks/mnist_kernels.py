@@ -22,7 +22,7 @@ from typing import Callable
 import torch
 from torch.nn import functional as F
 
-from seqvae_cli.models import ELU, bernoulli_log_prob
+from seqvae_cli.nn.kernels import ELU, bernoulli_log_prob
 
 
 def ns_per_element(fn: Callable[[], object], numel: int, repeats: int, calls: int = 10) -> float:

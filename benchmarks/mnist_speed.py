@@ -50,8 +50,9 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, RandomSampler, Subset
 from torchvision import datasets, transforms
 
-from seqvae_cli.config import register_resolvers, validate
-from seqvae_cli.trainer import Trainer
+from seqvae_cli.config.rules import validate
+from seqvae_cli.config.runtime import register_resolvers
+from seqvae_cli.training.loop import Trainer
 
 REPO = Path(__file__).resolve().parent.parent
 NUM_TRAIN = 50_000  # seqvae: the first 50k training images train, the last 10k validate

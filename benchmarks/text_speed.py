@@ -3,8 +3,8 @@
 What is compared (same sizes on both sides: GRU encoder and decoder, hidden 256, embedding 300,
 latent 16, batch 32, the 10,002-word PTB vocabulary seqvae builds, Adam 1e-3, no dropout, KL weight 1)
   * seqvae: `model=lstm_vae data=ptb` with model.rnn=gru, built from the real Hydra config
-    (seqvae_cli.checkpoint.build), batches from TextData.train_batches (length-bucketed), the loss
-    from the real seqvae_cli.objective.Objective, then zero_grad / backward / Adam step.
+    (seqvae_cli.training.checkpoint.build), batches from TextData.train_batches (length-bucketed), the loss
+    from the real seqvae_cli.objective.elbo.Objective, then zero_grad / backward / Adam step.
   * textbook: the loop of popular PyTorch replications of Bowman et al. 2016 (timbmg/Sentence-VAE
     style), written here: a Dataset of id lists, DataLoader(batch_size=32, shuffle=True) whose collate
     pads each batch of shuffled, unsorted sentences to its longest one; nn.Embedding, a GRU encoder
@@ -23,7 +23,7 @@ of the machine hits all alike. The textbook side pads to the batch maximum (abou
 tokens on PTB) and projects every padded position onto the vocabulary; seqvae's buckets carry little
 padding and it projects only real tokens.
 
-Then the importance-weighted NLL pass of `seqvae eval` (seqvae_cli.evaluate.iw_log_likelihood,
+Then the importance-weighted NLL pass of `seqvae eval` (seqvae_cli.evaluation.evaluate.iw_log_likelihood,
 k=500) is timed on a length-stratified subset of test sentences and extrapolated to the 3,761 test
 sentences by their token count, printed next to one training epoch (42,068 sentences) at seqvae's float32 and bf16-mixed speeds.
 
@@ -46,11 +46,12 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from seqvae_cli.checkpoint import build
-from seqvae_cli.config import register_resolvers, validate
-from seqvae_cli.evaluate import iw_log_likelihood
-from seqvae_cli.objective import Objective
-from seqvae_cli.trainer import make_optimizer
+from seqvae_cli.training.checkpoint import build
+from seqvae_cli.config.rules import validate
+from seqvae_cli.config.runtime import register_resolvers
+from seqvae_cli.evaluation.evaluate import iw_log_likelihood
+from seqvae_cli.objective.elbo import Objective
+from seqvae_cli.training.loop import make_optimizer
 
 REPO = Path(__file__).resolve().parent.parent
 EMBED, HIDDEN, LATENT, BATCH = 300, 256, 16, 32

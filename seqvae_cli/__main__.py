@@ -1,3 +1,3 @@
-from .cli import main
+from seqvae_cli.cli import main
 
 main()

@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Any, BinaryIO, Callable
 
-from .errors import SeqvaeError
+from seqvae_cli.errors import SeqvaeError
 
 # errno -> (what happened, what to do about it)
 DISK_ERRORS = {

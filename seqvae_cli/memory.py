@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from .errors import SeqvaeError
+from seqvae_cli.errors import SeqvaeError
 
 # Refuse what would take more than this share of the memory available now: the rest of the process (model,
 # data, Python) and the other programs on the machine need some too.

@@ -32,7 +32,7 @@ def compose_train_config(*overrides: str):
     from hydra import compose, initialize_config_dir
     from omegaconf import open_dict
 
-    from seqvae_cli.config import register_resolvers
+    from seqvae_cli.config.runtime import register_resolvers
     register_resolvers()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("train", overrides=list(overrides))
@@ -61,7 +61,7 @@ def real_data(ensure, what: str) -> Path:
 @pytest.fixture(scope="session")
 def mnist_data_dir() -> Path:
     """The absolute data root holding MNIST/raw (downloaded there if absent); tests on real MNIST need it."""
-    from seqvae_cli.data import find_or_download_mnist
+    from seqvae_cli.data.mnist import find_or_download_mnist
     return real_data(lambda: find_or_download_mnist(str(DATA_DIR), download=True), "MNIST")
 
 

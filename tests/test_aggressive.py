@@ -8,14 +8,15 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from seqvae_cli.checkpoint import save_atomic
-from seqvae_cli.config import validate
+from seqvae_cli.training.checkpoint import save_atomic
+from seqvae_cli.config.rules import validate
 from seqvae_cli.errors import SeqvaeError
-from seqvae_cli.models import MLPVAE
-from seqvae_cli.models_seq import LSTMVAE, SeriesLSTMVAE
-from seqvae_cli.objective import Objective
-from seqvae_cli.trainer import Trainer
-from seqvae_cli.training_extras import AggressiveEncoder, split_encoder_decoder
+from seqvae_cli.models.mlp_vae import MLPVAE
+from seqvae_cli.models.sentence_vae import LSTMVAE
+from seqvae_cli.models.series_vae import SeriesLSTMVAE
+from seqvae_cli.objective.elbo import Objective
+from seqvae_cli.training.loop import Trainer
+from seqvae_cli.training.extras import AggressiveEncoder, split_encoder_decoder
 
 from conftest import compose_train_config
 

@@ -8,8 +8,10 @@ import json
 import pytest
 import torch
 
-from seqvae_cli.data import MNISTData
-from seqvae_cli.data_series import ECG5000Data, NABData, SinesData
+from seqvae_cli.data.mnist import MNISTData
+from seqvae_cli.data.series.ecg5000 import ECG5000Data
+from seqvae_cli.data.series.nab import NABData
+from seqvae_cli.data.series.sines import SinesData
 from seqvae_cli.errors import SeqvaeError
 
 from conftest import assert_one_error_line, run_seqvae, seqvae_env

@@ -9,11 +9,12 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
-from seqvae_cli.config import RULES, SEED_MAX, register_resolvers, validate
-from seqvae_cli.data_series import SinesData
+from seqvae_cli.config.rules import RULES, SEED_MAX, validate
+from seqvae_cli.config.runtime import register_resolvers
+from seqvae_cli.data.series.sines import SinesData
 from seqvae_cli.errors import SeqvaeError
-from seqvae_cli.non_finite import diagnose
-from seqvae_cli.trainer import Trainer
+from seqvae_cli.training.non_finite import diagnose
+from seqvae_cli.training.loop import Trainer
 
 from conftest import CONF_DIR, assert_one_error_line, compose_train_config, run_seqvae
 from test_data import write_fake_mnist

@@ -5,9 +5,9 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from seqvae_cli.checkpoint import FORMAT, load_checkpoint, resolve_checkpoint, save_atomic
+from seqvae_cli.training.checkpoint import FORMAT, load_checkpoint, resolve_checkpoint, save_atomic
 from seqvae_cli.errors import SeqvaeError
-from seqvae_cli.trainer import find_resume_state, merge_resumed_config
+from seqvae_cli.training.loop import find_resume_state, merge_resumed_config
 
 
 def small_state():
@@ -125,8 +125,8 @@ def test_merge_resumed_config():
 
 
 def test_weights_of_another_architecture(tmp_path):
-    from seqvae_cli.checkpoint import load_model_state
-    from seqvae_cli.models import MLPVAE
+    from seqvae_cli.training.checkpoint import load_model_state
+    from seqvae_cli.models.mlp_vae import MLPVAE
     trained = MLPVAE(input_dim=784, hidden_sizes=[400], latent_dim=20)
     other = MLPVAE(input_dim=784, hidden_sizes=[400], latent_dim=2)
     with pytest.raises(SeqvaeError, match="different model") as info:

@@ -16,8 +16,7 @@ import torch
 
 from conftest import (SMOKE_ARGS, assert_one_error_line, clone_run, compose_train_config, describe, error_lines,
                       run_seqvae)
-from seqvae_cli.checkpoint import (FORMAT, RUN_ID_FILE, build, load_checkpoint, load_run, save_atomic,
-                                   state_checksum)
+from seqvae_cli.training.checkpoint import FORMAT, RUN_ID_FILE, build, load_checkpoint, load_run, save_atomic, state_checksum
 from seqvae_cli.errors import SeqvaeError
 
 CPU = torch.device("cpu")
@@ -125,8 +124,8 @@ def test_train_builds_through_the_same_registry(tmp_path):
     """The command's own config obeys the same rule: only registered parts, by full path or short name."""
     with pytest.raises(SeqvaeError, match=r"^the config: data\._target_='builtins.open' is not one of"):
         build(compose_train_config("data._target_=builtins.open"), CPU)
-    with pytest.raises(SeqvaeError, match=r"model\._target_='seqvae_cli.models_seq.LSTMVAE' is not one"):
-        build(compose_train_config("model._target_=seqvae_cli.models_seq.LSTMVAE"), CPU)
+    with pytest.raises(SeqvaeError, match=r"model\._target_='seqvae_cli.models.sentence_vae.LSTMVAE' is not one"):
+        build(compose_train_config("model._target_=seqvae_cli.models.sentence_vae.LSTMVAE"), CPU)
     with pytest.raises(SeqvaeError, match=r"data \(MNISTData\) cannot be built from its keys: .*'colour'"):
         build(compose_train_config("+data.colour=red"), CPU)
 
@@ -190,7 +189,7 @@ def small_state():
     return {"format": FORMAT, "model": {"w": torch.arange(5000, dtype=torch.float32),
                                         "h": torch.ones(3, dtype=torch.bfloat16)},
             "optimizer": {"state": {0: {"exp_avg": torch.full((64,), 0.5)}}, "param_groups": [{"lr": 1e-3}]},
-            "step": 3, "epoch": 1, "config": {"data": {"_target_": "seqvae_cli.data.MNISTData"}}}
+            "step": 3, "epoch": 1, "config": {"data": {"_target_": "seqvae_cli.data.mnist.MNISTData"}}}
 
 
 def flip_bytes_inside(path, tensor: torch.Tensor, count: int = 40) -> None:
@@ -272,7 +271,7 @@ def test_nan_weights_are_refused_by_eval_and_sample(smoke_run, tmp_path):
 
 def test_resume_refuses_nan_weights(smoke_run, tmp_path):
     from omegaconf import OmegaConf
-    from seqvae_cli.trainer import find_resume_state
+    from seqvae_cli.training.loop import find_resume_state
     state = load_checkpoint(smoke_run.run_dir / "checkpoints" / "last.pt")
     state["model"]["decoder.0.bias"][:3] = float("inf")
     save_atomic(state, tmp_path / "checkpoints" / "last.pt")

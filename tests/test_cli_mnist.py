@@ -57,7 +57,7 @@ def test_train_log_and_saved_config(smoke_run):
     log = (run / "train.log").read_text()
     assert "epoch 1" in log and "validation" in log and "test" in log
     cfg = yaml.safe_load((run / ".hydra" / "config.yaml").read_text())
-    assert cfg["model"]["_target_"] == "seqvae_cli.models.MLPVAE" and cfg["trainer"]["max_epochs"] == 2
+    assert cfg["model"]["_target_"] == "seqvae_cli.models.mlp_vae.MLPVAE" and cfg["trainer"]["max_epochs"] == 2
     assert "debug=smoke" in yaml.safe_load((run / ".hydra" / "overrides.yaml").read_text())
 
 

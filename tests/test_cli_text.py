@@ -40,7 +40,7 @@ def sentences_override(sentences) -> str:
 @pytest.fixture(scope="session")
 def ptb_data_dir():
     """The absolute data root holding ptb/ptb.{train,valid,test}.txt; tests on real PTB need it."""
-    from seqvae_cli.data_text import find_or_download_ptb
+    from seqvae_cli.data.text import find_or_download_ptb
     return real_data(lambda: find_or_download_ptb(DATA_DIR / "ptb", download=True), "Penn Treebank")
 
 

@@ -17,12 +17,13 @@ from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, RangeSw
 from hydra.utils import get_class
 from omegaconf import OmegaConf, open_dict
 
-from seqvae_cli.config import check_sweep_direction, metric_mode, register_resolvers, setup_device, validate
+from seqvae_cli.config.rules import validate
+from seqvae_cli.config.runtime import check_sweep_direction, metric_mode, register_resolvers, setup_device
 from seqvae_cli.errors import SeqvaeError
 
 from conftest import CONF_DIR
 
-MNIST_TARGET = "seqvae_cli.data.MNISTData"
+MNIST_TARGET = "seqvae_cli.data.mnist.MNISTData"
 # Groups Hydra itself owns or that are not knobs of an experiment.
 NOT_GROUPS = {"hydra"}
 
@@ -122,11 +123,11 @@ def test_experiment_values(hydra_conf):
 
 def test_model_group_options_are_what_they_say(hydra_conf):
     ae = compose_train(["model=ae"])[0]
-    assert ae.model._target_ == "seqvae_cli.models.MLPAutoencoder" and ae.model.hidden_sizes == [400]
+    assert ae.model._target_ == "seqvae_cli.models.mlp_vae.MLPAutoencoder" and ae.model.hidden_sizes == [400]
     assert ae.optimized_metric == "val/rec"      # it has no ELBO to pick best.pt by
     assert compose_train(["model=ae", "optimized_metric=val/active_units"])[0].optimized_metric == \
         "val/active_units"
-    assert compose_train(["model=mlp_vae"])[0].model._target_ == "seqvae_cli.models.MLPVAE"
+    assert compose_train(["model=mlp_vae"])[0].model._target_ == "seqvae_cli.models.mlp_vae.MLPVAE"
     assert compose_train(["optim=adamw"])[0].optim.name == "adamw"
     assert compose_train(["objective=iwae"])[0].objective.iw_samples > 1
 
@@ -134,7 +135,7 @@ def test_model_group_options_are_what_they_say(hydra_conf):
 def test_default_train_config_is_the_mnist_vae(hydra_conf):
     cfg = compose_train([])[0]
     validate(cfg)
-    assert cfg.data._target_ == MNIST_TARGET and cfg.model._target_ == "seqvae_cli.models.MLPVAE"
+    assert cfg.data._target_ == MNIST_TARGET and cfg.model._target_ == "seqvae_cli.models.mlp_vae.MLPVAE"
     assert cfg.optimized_metric == "val/neg_elbo"
 
 

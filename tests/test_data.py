@@ -6,7 +6,8 @@ import struct
 import pytest
 import torch
 
-from seqvae_cli.data import MNISTData, batch_limit, find_or_download_mnist, read_idx
+from seqvae_cli.data.base import batch_limit
+from seqvae_cli.data.mnist import MNISTData, find_or_download_mnist, read_idx
 from seqvae_cli.errors import SeqvaeError
 
 from conftest import MNIST_FILES

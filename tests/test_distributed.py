@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from seqvae_cli.config import validate
+from seqvae_cli.config.rules import validate
 from seqvae_cli.errors import SeqvaeError
-from seqvae_cli.trainer import Trainer
+from seqvae_cli.training.loop import Trainer
 
 from conftest import (SEQVAE, assert_one_error_line, compose_train_config, describe, run_seqvae, seqvae_env,
                       train)

@@ -6,9 +6,11 @@ import torch
 from torch.nn import functional as F
 from hydra import compose, initialize_config_dir
 
-from seqvae_cli.config import register_resolvers
-from seqvae_cli.models import ELU, MLPAutoencoder, MLPVAE, bernoulli_log_prob, eval_mode
-from seqvae_cli.registry import build_part
+from seqvae_cli.config.runtime import register_resolvers
+from seqvae_cli.models.base import eval_mode
+from seqvae_cli.models.mlp_vae import MLPAutoencoder, MLPVAE
+from seqvae_cli.nn.kernels import ELU, bernoulli_log_prob
+from seqvae_cli.parts import build_part
 
 from conftest import CONF_DIR
 
@@ -195,7 +197,7 @@ class _OneBatch:
 
 @pytest.mark.parametrize("max_dims,rows", [(None, [1, 2, 0]), (2, [1, 2])])
 def test_traversal_rows_go_from_the_most_informative_dimension_down(max_dims, rows):
-    from seqvae_cli.visuals import image_traversal
+    from seqvae_cli.visuals.images import image_traversal
     steps = 5
     images = image_traversal(_CodeImages(), _OneBatch(), span=1.0, steps=steps, max_dims=max_dims)
     assert images.shape == (len(rows) * steps, 1, 1, 3)

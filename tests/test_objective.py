@@ -8,12 +8,14 @@ import torch
 from omegaconf import OmegaConf
 from torch.distributions import Normal, kl_divergence
 
-from seqvae_cli.data import DataModule
-from seqvae_cli.evaluate import active_units, evaluate, iw_log_likelihood, mutual_information
-from seqvae_cli.models import LatentModel, MLPAutoencoder, MLPVAE
-from seqvae_cli.objective import (KLSchedule, Objective, gaussian_kl, gaussian_log_density, sample_posterior,
-                                  standard_normal_log_density)
-from seqvae_cli.trainer import Trainer, lr_factor
+from seqvae_cli.data.base import DataModule
+from seqvae_cli.evaluation.evaluate import active_units, evaluate, iw_log_likelihood, mutual_information
+from seqvae_cli.models.base import LatentModel
+from seqvae_cli.models.mlp_vae import MLPAutoencoder, MLPVAE
+from seqvae_cli.latent.gaussian import gaussian_kl, gaussian_log_density, sample_posterior, standard_normal_log_density
+from seqvae_cli.objective.elbo import Objective
+from seqvae_cli.objective.schedule import KLSchedule
+from seqvae_cli.training.loop import Trainer, lr_factor
 
 from conftest import CONF_DIR, compose_train_config
 
@@ -355,7 +357,7 @@ class TinyData(DataModule):
         return self.x.shape[0]
 
     def eval_batches(self, split, batch_size=None, limit=None):
-        from seqvae_cli.data import batch_limit
+        from seqvae_cli.data.base import batch_limit
         bs = batch_size or self.eval_batch_size
         for i in range(batch_limit(limit, math.ceil(self.x.shape[0] / bs))):
             yield {"x": self.x[i * bs:(i + 1) * bs]}
@@ -423,7 +425,9 @@ def test_ae_pretraining_step_is_a_deterministic_autoencoder(small_model_and_data
 # ------------------------------------------------------------------------- trainer.precision=bf16-mixed
 
 def bf16_cases():
-    from seqvae_cli.models_seq import LSTMLM, LSTMVAE, SeriesLSTMVAE
+    from seqvae_cli.models.lstm_lm import LSTMLM
+    from seqvae_cli.models.sentence_vae import LSTMVAE
+    from seqvae_cli.models.series_vae import SeriesLSTMVAE
     gen = torch.Generator().manual_seed(3)
     text = {"x": torch.tensor([[5, 6, 7, 8, 3], [9, 3, 0, 0, 0], [4, 10, 11, 3, 0]]),
             "lengths": torch.tensor([5, 2, 4])}
@@ -458,7 +462,7 @@ def test_bf16_autocast_keeps_the_objective_in_float32(name, model, batch, change
 
 def test_bf16_iw_pass_agrees_with_float32():
     """`seqvae eval iw_precision=bf16-mixed`: same samples, float32 result, the estimate moved by rounding only."""
-    from seqvae_cli.models_seq import LSTMVAE
+    from seqvae_cli.models.sentence_vae import LSTMVAE
     torch.manual_seed(0)
     model = LSTMVAE(40, embed_dim=16, hidden_size=32, latent_dim=4).eval()
     gen = torch.Generator().manual_seed(1)

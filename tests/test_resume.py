@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from conftest import SEQVAE, SMOKE_ARGS, assert_one_error_line, clone_run, describe, run_seqvae, seqvae_env
-from seqvae_cli.checkpoint import save_atomic
+from seqvae_cli.training.checkpoint import save_atomic
 
 # With a weight average on: the average must be restored exactly too (it is what best.pt and the test score).
 RESUME_ARGS = [*SMOKE_ARGS, "trainer.max_epochs=3", "trainer.limit_train_batches=20",
@@ -261,7 +261,7 @@ def test_resumed_lr_follows_the_schedule_of_the_new_lr_and_length(mnist_data_dir
     """Warm-up + cosine, stopped after epoch 1 of 3, resumed with another lr and/or length: at every later step
     the lr is the one a fresh run with those settings (floor scaled with the lr) has at that step."""
     from conftest import compose_train_config
-    from seqvae_cli.trainer import Trainer
+    from seqvae_cli.training.loop import Trainer
     base = ["debug=smoke", "trainer.progress_bar=false", "trainer.log_visuals=false", "trainer.test=false",
             "device=cpu", "optim.lr_schedule=cosine", "optim.warmup_steps=3", "optim.lr=1e-3", "optim.lr_min=1e-4"]
     first = Trainer(compose_train_config(*base, "trainer.max_epochs=3"), tmp_path / "run", [])

@@ -21,8 +21,8 @@ from conftest import (SEQVAE, SMOKE_ARGS, assert_one_error_line, clone_run, desc
 from test_cli_text import VAE_ARGS, ptb_data_dir, vae_run  # noqa: F401 - the tiny PTB run, shared fixtures
 from test_resume import load_state
 
-from seqvae_cli import runfolder
-from seqvae_cli.checkpoint import FORMAT, load_checkpoint, save_atomic
+from seqvae_cli.training import runfolder
+from seqvae_cli.training.checkpoint import FORMAT, load_checkpoint, save_atomic
 from seqvae_cli.errors import SeqvaeError
 from seqvae_cli.files import WriteFailed, write_json_atomic
 
@@ -253,7 +253,7 @@ def test_write_json_atomic_on_a_full_disk_keeps_the_old_file(tmp_path):
 def test_a_read_only_run_folder_is_refused_before_training(smoke_run, tmp_path, monkeypatch, capsys):
     """chmod 555 stops any user but root; as root (as in many CI containers) the kernel's answer to "may I write
     here?" is faked instead: os.access says no for the run folder, as it would on a read-only mount."""
-    from seqvae_cli import cli
+    from seqvae_cli.cli import command as cli
     run = clone_run(smoke_run.run_dir, tmp_path / "run")
     before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
     if os.geteuid() == 0:
@@ -313,7 +313,7 @@ def test_a_signal_stops_at_a_step_boundary_and_resume_replays_the_run(uninterrup
 # ------------------------------------------------------------------------------------------------ JSON files
 
 def test_report_lists_a_job_with_a_torn_metrics_json_as_broken(tmp_path, capsys):
-    from seqvae_cli.report import main as report_main
+    from seqvae_cli.cli.report import main as report_main
     for job, text in (("0", json.dumps({"optimized_metric": "val/neg_elbo", "optimized_value": 90.0,
                                         "best_epoch": 2, "test": {"neg_elbo": 91.0}})),
                       ("1", '{"optimized_metric": "val/neg_elbo", "optimized_val')):   # a kill mid-write
@@ -401,8 +401,8 @@ def test_max_len_is_bounded(tmp_path):
 
 
 def test_a_long_decode_shows_progress(capsys, monkeypatch):
-    from seqvae_cli import decoding
-    from seqvae_cli.models_seq import LSTMVAE
+    from seqvae_cli.models import decoding
+    from seqvae_cli.models.sentence_vae import LSTMVAE
     torch.manual_seed(0)
     model = LSTMVAE(12, embed_dim=6, hidden_size=7, latent_dim=3).eval()
     monkeypatch.setattr(decoding, "PROGRESS_AFTER_S", 0.0)
@@ -412,8 +412,8 @@ def test_a_long_decode_shows_progress(capsys, monkeypatch):
 
 def test_the_iw_pass_folds_its_chunks_so_memory_stays_bounded(monkeypatch):
     """k samples in chunks of one: without folding, one pending result per chunk (1e8 samples made 760k)."""
-    from seqvae_cli import evaluate
-    from seqvae_cli.models_seq import LSTMVAE
+    from seqvae_cli.evaluation import evaluate
+    from seqvae_cli.models.sentence_vae import LSTMVAE
     torch.manual_seed(0)
     model = LSTMVAE(12, embed_dim=6, hidden_size=7, latent_dim=3).eval()
     batch = {"x": torch.tensor([[5, 6, 7, 3], [8, 3, 0, 0]]), "lengths": torch.tensor([4, 2])}

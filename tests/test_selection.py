@@ -8,9 +8,9 @@ import json
 import pytest
 import torch
 
-import seqvae_cli.trainer as trainer_module
+import seqvae_cli.training.loop as trainer_module
 from conftest import compose_train_config
-from seqvae_cli import report
+from seqvae_cli.cli import report
 
 
 def test_best_checkpoint_of_a_maximised_metric_is_its_highest_value(tmp_path, monkeypatch, mnist_data_dir):

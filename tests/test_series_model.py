@@ -19,13 +19,16 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from conftest import CONF_DIR, DATA_DIR, compose_train_config, describe, run_seqvae
-from seqvae_cli.anomaly import auprc, auroc, rolling_zscore_scores
-from seqvae_cli.data_series import CSVData, SinesData
+from seqvae_cli.evaluation.baselines import rolling_zscore_scores
+from seqvae_cli.evaluation.ranking import auprc, auroc
+from seqvae_cli.data.series.csv import CSVData
+from seqvae_cli.data.series.sines import SinesData
 from seqvae_cli.errors import SeqvaeError
-from seqvae_cli.evaluate import evaluate
-from seqvae_cli.models import LatentModel
-from seqvae_cli.models_seq import (LSTMVAE, SERIES_ONLY_KEYS, TEXT_ONLY_KEYS, SeriesLSTMVAE, gaussian_log_prob,
-                                   lstm_vae)
+from seqvae_cli.evaluation.evaluate import evaluate
+from seqvae_cli.models.base import LatentModel
+from seqvae_cli.models.lstm_vae import SERIES_ONLY_KEYS, TEXT_ONLY_KEYS, lstm_vae
+from seqvae_cli.models.sentence_vae import LSTMVAE
+from seqvae_cli.models.series_vae import SeriesLSTMVAE, gaussian_log_prob
 
 CPU = torch.device("cpu")
 YAML_KEYS = {k: v for k, v in OmegaConf.to_container(OmegaConf.load(CONF_DIR / "model" / "lstm_vae.yaml")).items()
@@ -71,8 +74,8 @@ def test_factory_dispatches_on_what_the_data_gives():
 
 
 def test_config_builds_the_series_model(tmp_path):
-    from seqvae_cli.checkpoint import build
-    from seqvae_cli.config import validate
+    from seqvae_cli.training.checkpoint import build
+    from seqvae_cli.config.rules import validate
 
     cfg = compose_train_config("model=lstm_vae", "data=sines", f"paths.data_dir={tmp_path}",
                                "data.num_series.train=8", "data.num_series.val=4", "data.num_series.test=4",
@@ -90,11 +93,11 @@ def test_config_builds_the_series_model(tmp_path):
 @pytest.mark.parametrize("experiment,data,decoder", [("sines", "sines", "autoregressive"),
                                                      ("ecg5000", "ecg5000", "repeat"), ("nab", "nab", "repeat")])
 def test_series_presets_compose(experiment, data, decoder):
-    from seqvae_cli.config import validate
+    from seqvae_cli.config.rules import validate
 
     cfg = compose_train_config(f"experiment={experiment}", "debug=smoke")
     validate(cfg)
-    assert cfg.data.name == data and cfg.model._target_ == "seqvae_cli.models_seq.lstm_vae"
+    assert cfg.data.name == data and cfg.model._target_ == "seqvae_cli.models.lstm_vae.lstm_vae"
     assert cfg.model.series_decoder == decoder and cfg.model.output_std == "learned_channel"
     assert 64 <= cfg.model.hidden_size <= 128 and 8 <= cfg.model.latent_dim <= 16
     assert cfg.objective.kl_anneal.schedule == "linear" and cfg.optimized_metric == "val/neg_elbo"
@@ -306,7 +309,7 @@ def test_sample_series_draws_every_figure_for_windowed_data(tmp_path):
                             "seed": 0, "forecast_prefix": 0.75, "num_forecasts": 10, "forecast_windows": 2,
                             "season": None, "score": "rec"})
     writer = SummaryWriter(str(tmp_path / "tb"))
-    written = visuals.SAMPLERS["series"](model, dm, cfg, tmp_path / "samples", writer, 0)
+    written = visuals.sample(model, dm, cfg, tmp_path / "samples", writer, 0)
     visuals.during_training(model, dm, writer, 1)
     writer.close()
     assert [p.name for p in written] == ["prior_samples.png", "reconstructions.png", "interpolation.png",

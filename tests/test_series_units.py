@@ -14,10 +14,13 @@ import numpy as np
 import pytest
 import torch
 
-from seqvae_cli.anomaly import (auprc, auroc, best_f1, last_value_forecast, rolling_zscore_scores,
-                                seasonal_naive_forecast)
-from seqvae_cli.data_series import (CSVData, ECG5000Data, NABData, SinesData, sliding_windows, window_labels,
-                                    window_scores_to_timestamps, window_starts)
+from seqvae_cli.evaluation.baselines import last_value_forecast, rolling_zscore_scores, seasonal_naive_forecast
+from seqvae_cli.evaluation.ranking import auprc, auroc, best_f1
+from seqvae_cli.data.series.csv import CSVData
+from seqvae_cli.data.series.ecg5000 import ECG5000Data
+from seqvae_cli.data.series.nab import NABData
+from seqvae_cli.data.series.sines import SinesData
+from seqvae_cli.data.series.windows import sliding_windows, window_labels, window_scores_to_timestamps, window_starts
 from seqvae_cli.errors import SeqvaeError
 
 from conftest import DATA_DIR
@@ -353,8 +356,8 @@ def test_config_errors_surface_in_setup(tmp_path):
 def test_yaml_composes_validates_and_instantiates(option, tmp_path):
     """conf/data/<option>.yaml: every key is a constructor argument with an allowed value."""
     from conftest import compose_train_config
-    from seqvae_cli.config import validate
-    from seqvae_cli.registry import build_part
+    from seqvae_cli.config.rules import validate
+    from seqvae_cli.parts import build_part
     extra = [f"data.path={tmp_path / 'x.csv'}"] if option == "csv" else []
     cfg = compose_train_config(f"data={option}", f"paths.data_dir={tmp_path}", *extra)
     validate(cfg)

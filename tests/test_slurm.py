@@ -29,7 +29,7 @@ def seqvae(*args: str, cwd=REPO, env=None) -> subprocess.CompletedProcess:
 def compose_with_hydra(*overrides: str):
     from hydra import compose, initialize_config_dir
 
-    from seqvae_cli.config import register_resolvers
+    from seqvae_cli.config.runtime import register_resolvers
     register_resolvers()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return compose("train", overrides=["hydra/launcher=slurm", *overrides], return_hydra_config=True)

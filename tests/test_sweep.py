@@ -75,7 +75,7 @@ def write_job(sweep: Path, name: str, overrides: list[str], metric: str | None =
 
 
 def test_report_lists_unfinished_jobs_last_and_ranks_mixed_metrics_within_each(tmp_path, capsys):
-    from seqvae_cli.report import NO_METRICS, main as report_main
+    from seqvae_cli.cli.report import NO_METRICS, main as report_main
     sweep = tmp_path / "sweep"
     write_job(sweep, "0", ["model=mlp_vae", "model.latent_dim=2"], "val/neg_elbo", 101.0)
     write_job(sweep, "1", ["model=ae", "model.latent_dim=2"], "val/rec", 60.0)

@@ -10,10 +10,12 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from seqvae_cli import decoding
-from seqvae_cli.data_text import SPECIALS, TextData, build_vocabulary, tokenize
+from seqvae_cli.models import decoding
+from seqvae_cli.data.text import SPECIALS, TextData, build_vocabulary, tokenize
 from seqvae_cli.errors import SeqvaeError
-from seqvae_cli.models_seq import LSTMLM, LSTMVAE, TokenIO
+from seqvae_cli.models.lstm_lm import LSTMLM
+from seqvae_cli.models.sentence_vae import LSTMVAE
+from seqvae_cli.nn.rnn import TokenIO
 
 CPU = torch.device("cpu")
 
@@ -536,8 +538,8 @@ def test_reset_decoder_keeps_encoder_and_embedding(tie):
 @pytest.mark.parametrize("data", ["ptb", "text"])
 def test_configs_compose_validate_and_build(tmp_path, model, data):
     """Every key of conf/data/{ptb,text}.yaml and conf/model/{lstm_vae,lstm_lm}.yaml is a constructor argument."""
-    from seqvae_cli.checkpoint import build
-    from seqvae_cli.config import validate
+    from seqvae_cli.training.checkpoint import build
+    from seqvae_cli.config.rules import validate
     from conftest import compose_train_config
 
     (tmp_path / "ptb").mkdir()
@@ -562,7 +564,7 @@ def test_configs_compose_validate_and_build(tmp_path, model, data):
 
 
 def test_text_config_requires_files():
-    from seqvae_cli.config import validate
+    from seqvae_cli.config.rules import validate
     from conftest import compose_train_config
 
     cfg = compose_train_config("model=lstm_vae", "data=text")
@@ -578,7 +580,7 @@ def test_ptb_presets_have_the_published_sizes_and_the_measured_recipe(experiment
     """The sizes text-VAE papers share (256-unit LSTMs, 32-d latent, dropout 0.5, batch 32) and the optimiser
     settings of the README's PTB table, so `seqvae train experiment=X` is the command that reproduces it."""
     from conftest import compose_train_config
-    from seqvae_cli.config import validate
+    from seqvae_cli.config.rules import validate
 
     cfg = compose_train_config(f"experiment={experiment}")
     validate(cfg)

@@ -11,11 +11,11 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from seqvae_cli.checkpoint import load_checkpoint
-from seqvae_cli.config import validate
+from seqvae_cli.training.checkpoint import load_checkpoint
+from seqvae_cli.config.rules import validate
 from seqvae_cli.errors import SeqvaeError
-from seqvae_cli.evaluate import evaluate
-from seqvae_cli.trainer import Trainer, merge_resumed_config
+from seqvae_cli.evaluation.evaluate import evaluate
+from seqvae_cli.training.loop import Trainer, merge_resumed_config
 
 from conftest import SMOKE_ARGS, clone_run, compose_train_config, describe, run_seqvae
 

@@ -1,0 +1,175 @@
+"""The `seqvae` command: check the overrides, claim the run folder, hand the verb to its Hydra app."""
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+
+from seqvae_cli.training import distributed, runfolder
+from seqvae_cli.cli.apps import eval_app, sample_app, train_app
+from seqvae_cli.config.runtime import CONF_DIR, register_resolvers
+from seqvae_cli.errors import SeqvaeError
+
+log = logging.getLogger("seqvae")
+
+
+
+
+register_resolvers()
+
+
+USAGE = """usage: seqvae VERB [hydra overrides]
+
+verbs:
+  train    train a model (default: MLP-VAE on MNIST); returns the validation metric for sweeps
+           e.g. seqvae train model.latent_dim=2 trainer.max_epochs=5 | seqvae train -m model.latent_dim=2,10
+  eval     score a trained run: -ELBO, reconstruction, KL, IW-NLL, active units, mutual information
+           e.g. seqvae eval run_dir=outputs/2026-11-21/10-00-00 split=test iw_samples=5000
+  sample   write pictures (samples, reconstructions, interpolations, traversals, latent scatter)
+           e.g. seqvae sample run_dir=outputs/2026-11-21/10-00-00
+  report   one row per job of a multirun folder, sorted by the optimised metric (also written as CSV)
+           e.g. seqvae report multirun/2026-11-21/10-00-00
+
+`seqvae VERB --help` lists that verb's config groups and options; `seqvae VERB --cfg job` prints the config."""
+
+
+APPS = {"train": train_app, "eval": eval_app, "sample": sample_app}
+
+
+# Flags that change which config Hydra composes, or print help instead: the pre-check below stands aside.
+_CONFIG_FLAGS = ("-h", "--help", "--hydra-help", "-cn", "--config-name", "-cp", "--config-path", "-cd",
+                 "--config-dir", "--info", "--shell-completion", "-sc", "--experimental-rerun")
+
+
+_MAX_JOBS_CHECKED = 64
+
+
+def check_overrides(verb: str, args: list[str]) -> None:
+    """Compose the config as Hydra is about to, each job of a sweep too, and turn an unknown group option or key
+    into one SeqvaeError line that lists what exists (Hydra's own report spans lines and suggests `+key=`, which
+    adds a key nothing reads). Anything this check cannot judge (optuna ranges, other failures) is left to Hydra."""
+    from hydra import compose, initialize_config_dir
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import ConfigCompositionException, HydraException, MissingConfigException
+
+    if any(a.split("=", 1)[0] in _CONFIG_FLAGS for a in args):
+        return
+    overrides, skip_next = [], False
+    for a in args:
+        if skip_next:
+            skip_next = False
+        elif a in ("-c", "--cfg", "-p", "--package"):
+            skip_next = True   # the flag's value
+        elif not a.startswith("-"):
+            overrides.append(a)
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+        discrete = [o for o in parsed if not o.is_sweep_override() or o.is_discrete_sweep()]
+        jobs = BasicSweeper.split_arguments(discrete, None)[0] if discrete else [[]]
+    except HydraException:
+        return   # a syntax error: Hydra reports it with its position
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        for job in jobs[:_MAX_JOBS_CHECKED]:
+            try:
+                compose(verb, overrides=job, return_hydra_config=True)
+            except MissingConfigException as exc:
+                group, _, option = (exc.missing_cfg_file or "").rpartition("/")
+                if not exc.options:
+                    return
+                raise SeqvaeError(f"{group}={option}: no such option in config group '{group}'; choose one of "
+                                  f"{', '.join(exc.options)}") from None
+            except ConfigCompositionException as exc:
+                key = next((o.key_or_group for o in parsed if f"'{o.key_or_group}'" in str(exc)), None)
+                if key is None:
+                    return
+                rest = [o for o in job if o.split("=", 1)[0].lstrip("+~") != key]
+                parent = key.rpartition(".")[0]
+                try:
+                    node = compose(verb, overrides=rest).get(parent) if parent else compose(verb, overrides=rest)
+                except Exception:
+                    return
+                known = ", ".join(sorted(str(k) for k in node.keys())) if hasattr(node, "keys") else ""
+                where = f"in '{parent}'" if parent else "at the top level"
+                raise SeqvaeError(f"{key}: no such key{' ' + where if known else ''}"
+                                  f"{'; its keys are ' + known if known else ''} (check the spelling; "
+                                  f"`seqvae {verb} --cfg job` prints the whole config)") from None
+
+
+def claim_run_folder(args: list[str]) -> Path | None:
+    """`seqvae train`, before Hydra writes into the run folder (.hydra/, train.log): refuse a folder that cannot be
+    written, that another training holds, or that holds another run without trainer.resume or trainer.overwrite,
+    and lock it for this process. Returns the folder locked, or None where the command line does not name one
+    plainly (a sweep, the default outputs/DATE/TIME, an interpolation): train_app checks those after Hydra."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    multirun = any(a in ("-m", "--multirun") for a in args)
+    if any(a.startswith("-") and a not in ("-m", "--multirun") for a in args):
+        return None   # --cfg, --info, -cn ...: Hydra prints or composes something else
+    try:
+        parsed = OverridesParser.create().parse_overrides([a for a in args if not a.startswith("-")])
+    except HydraException:
+        return None   # Hydra reports the syntax error
+    if multirun or any(o.is_sweep_override() for o in parsed):
+        runfolder.check_writable(Path("multirun"), "sweep folder")
+        return None
+    values = {o.key_or_group: o.value() for o in parsed if not o.is_delete()}
+    run_dir = values.get("run_dir")
+    if any(k.startswith("hydra.") for k in values) or "${" in str(run_dir):
+        return None
+    if run_dir is None:
+        runfolder.check_writable(Path("outputs"), "outputs folder")
+        return None
+    target = Path(str(run_dir))
+    runfolder.check_writable(target)
+    runfolder.acquire_lock(target)
+    try:
+        runfolder.check_run_folder(target, values.get("trainer.resume", False),
+                                   bool(values.get("trainer.overwrite", False)))
+    except SeqvaeError:
+        runfolder.release_lock(target)
+        raise
+    return target
+
+
+def main() -> None:
+    args = sys.argv[1:]
+    if not args or args[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return
+    verb, rest = args[0], args[1:]
+    if verb == "report":
+        from seqvae_cli.cli.report import main as report_main
+        sys.exit(report_main(rest))
+    if verb not in APPS:
+        print(f"seqvae: error: unknown verb {verb!r}; expected one of train, eval, sample, report "
+              f"(seqvae --help lists them)", file=sys.stderr)
+        sys.exit(2)
+    claimed = None
+    try:
+        check_overrides(verb, rest)
+        if verb == "train" and not distributed.launched_by_torchrun():
+            claimed = claim_run_folder(rest)
+    except SeqvaeError as exc:
+        print(f"seqvae: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    if verb == "train" and distributed.launched_by_torchrun():
+        distributed.init_from_torchrun()
+        if distributed.rank() > 0:  # rank 0 alone writes the run folder's .hydra/ and train.log
+            rest = rest + ["hydra.output_subdir=null", "hydra/job_logging=disabled"]
+    sys.argv = [f"seqvae-{verb}"] + rest
+    try:
+        APPS[verb]()
+    except KeyboardInterrupt:   # outside the training loop, which stops on Ctrl-C with its own line
+        print(f"seqvae: error: {verb} stopped by Ctrl-C (SIGINT) before it finished", file=sys.stderr)
+        sys.exit(130)
+    finally:
+        if claimed is not None:
+            runfolder.release_lock(claimed)
+        distributed.shutdown()
+
+
+if __name__ == "__main__":
+    main()

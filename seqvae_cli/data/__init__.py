@@ -1,0 +1,1 @@
+"""Data modules, one file per dataset: MNIST (mnist.py), text (text.py), time series (series/)."""

@@ -1,0 +1,81 @@
+"""What every data module is: splits of on-device tensors served as batches, and where data lives."""
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+from seqvae_cli.errors import SeqvaeError
+
+Batch = dict[str, torch.Tensor]
+
+
+def resolve_data_dir(data_dir: str) -> Path:
+    return Path(os.path.expanduser(str(data_dir))).resolve()
+
+
+def read_text_file(path: Path, what: str, setting: str, encoding: str = "utf-8") -> str:
+    """The text of a user's data file; a missing, non-regular, non-UTF-8 or unreadable file is one SeqvaeError
+    naming `what` (e.g. "CSV file x.csv") and the `setting` that points at it."""
+    if not path.exists():
+        raise SeqvaeError(f"{what} does not exist; check {setting}")
+    if not path.is_file():
+        raise SeqvaeError(f"{what} is not a regular file; point {setting} at a file")
+    try:
+        return path.read_text(encoding=encoding)
+    except UnicodeDecodeError as exc:
+        raise SeqvaeError(f"{what} is not UTF-8 (byte {exc.start}: {exc.reason}); convert it, e.g. with "
+                          f"`iconv -t utf-8`") from None
+    except OSError as exc:
+        raise SeqvaeError(f"{what} cannot be read ({exc.strerror or type(exc).__name__}); check its "
+                          f"permissions") from None
+
+
+def batch_limit(limit: int | float | None, num_batches: int) -> int:
+    """How many batches a `limit_*_batches` setting allows: None = all, int = count, float = fraction."""
+    if limit is None:
+        return num_batches
+    if isinstance(limit, float) and limit <= 1.0:
+        return max(1, int(math.floor(limit * num_batches)))
+    return min(int(limit), num_batches)
+
+
+class DataModule:
+    """What the trainer, evaluator and sampler need from a dataset."""
+
+    kind: str  # "image" | "text" | "series": picks the visuals in sample.py
+    batch_size: int
+    eval_batch_size: int
+    eval_iw_samples: int
+    iw_rows_per_chunk: int = 65536  # examples x importance samples scored at once in the IW pass
+
+    def setup(self, device: torch.device) -> None:
+        raise NotImplementedError
+
+    def model_kwargs(self) -> dict:
+        """Shapes the model needs from the data (input size, vocabulary size, ...)."""
+        raise NotImplementedError
+
+    def num_examples(self, split: str) -> int:
+        raise NotImplementedError
+
+    def train_batches(self, shuffle_gen: torch.Generator, data_gen: torch.Generator,
+                      limit: int | float | None = None) -> Iterator[Batch]:
+        raise NotImplementedError
+
+    def eval_batches(self, split: str, batch_size: int | None = None,
+                     limit: int | float | None = None) -> Iterator[Batch]:
+        raise NotImplementedError
+
+    def num_train_batches(self, limit: int | float | None = None) -> int:
+        return batch_limit(limit, math.ceil(self.num_examples("train") / self.batch_size))
+
+    def state_dict(self) -> dict:
+        """What must travel with a checkpoint so eval/sample rebuild the data identically (e.g. a vocabulary)."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass

@@ -1,0 +1,1 @@
+"""The latent variable: posteriors q(z|x) and priors p(z) as objects the objective and evaluation use."""

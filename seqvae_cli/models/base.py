@@ -1,0 +1,43 @@
+"""The interface every model implements; the objective, evaluation and pictures use nothing else."""
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+
+import torch
+from torch import nn
+
+from seqvae_cli.data.base import Batch
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """Run the body with dropout off (model.eval()) and give the model back in the mode it had, even on error."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+class LatentModel(nn.Module):
+    latent_dim: int
+    variational: bool = True
+
+    def encode(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def log_likelihood(self, batch: Batch, z: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def decode_mean(self, z: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def decoder_modules(self) -> list[nn.Module]:
+        raise NotImplementedError
+
+    def reset_decoder(self) -> None:
+        for module in self.decoder_modules():
+            for m in module.modules():
+                if hasattr(m, "reset_parameters"):
+                    m.reset_parameters()

@@ -1,0 +1,60 @@
+"""model=mlp_vae and model=ae: fully connected networks for flat images."""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from seqvae_cli.data.base import Batch
+from seqvae_cli.errors import SeqvaeError
+from seqvae_cli.models.base import LatentModel
+from seqvae_cli.nn.kernels import bernoulli_log_prob
+from seqvae_cli.nn.mlp import ACTIVATIONS, mlp
+
+class MLPVAE(LatentModel):
+    """Fully connected VAE for flat images; 784-400-20 with ReLU is the pytorch/examples model.
+
+    Layer creation order (encoder, mu head, logvar head, decoder) matches pytorch/examples, so the
+    same seed gives the same initial weights as that script.
+    """
+
+    def __init__(self, input_dim: int, hidden_sizes: list[int], latent_dim: int, activation: str = "relu",
+                 likelihood: str = "bernoulli", name: str = "mlp_vae") -> None:
+        super().__init__()
+        if activation not in ACTIVATIONS:
+            raise SeqvaeError(f"model.activation={activation!r} is not allowed; expected one of {sorted(ACTIVATIONS)}")
+        hidden = list(hidden_sizes)
+        self.input_dim, self.latent_dim, self.likelihood = input_dim, latent_dim, likelihood
+        self.encoder = nn.Sequential(mlp([input_dim] + hidden, activation), ACTIVATIONS[activation]())
+        self.mu_head = nn.Linear(hidden[-1], latent_dim)
+        self.logvar_head = nn.Linear(hidden[-1], latent_dim)
+        self.decoder = mlp([latent_dim] + hidden[::-1] + [input_dim], activation)
+        if likelihood == "gaussian":
+            # One learned log-std per pixel, shared by all examples (a homoscedastic Gaussian decoder).
+            self.log_std = nn.Parameter(torch.zeros(input_dim))
+
+    def encode(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.encoder(batch["x"])
+        return self.mu_head(h), self.logvar_head(h)
+
+    def log_likelihood(self, batch: Batch, z: torch.Tensor) -> torch.Tensor:
+        out = self.decoder(z)                      # [S, B, input_dim]
+        x = batch["x"].unsqueeze(0).expand_as(out)
+        if self.likelihood == "bernoulli":
+            return bernoulli_log_prob(out, x)
+        log_std = self.log_std.clamp(min=-7.0)
+        return (-0.5 * ((x - out) / log_std.exp()) ** 2 - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
+
+    def decoder_modules(self) -> list[nn.Module]:
+        return [self.decoder]
+
+    def decode_mean(self, z: torch.Tensor) -> torch.Tensor:
+        out = self.decoder(z)
+        return torch.sigmoid(out) if self.likelihood == "bernoulli" else out.clamp(0.0, 1.0)
+
+
+class MLPAutoencoder(MLPVAE):
+    """The deterministic baseline: same networks, z is the encoder's mean, no noise and no KL."""
+
+    variational = False

@@ -1,0 +1,1 @@
+"""Network building blocks the models share: MLP stacks, RNN encoder/decoder, fast CPU kernels."""

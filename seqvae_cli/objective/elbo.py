@@ -1,0 +1,124 @@
+"""The one objective: the ELBO and its variants (beta, KL annealing, free bits, IWAE), for every model.
+
+All quantities are in nats per example (per image, sentence or sequence)."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from omegaconf import DictConfig
+from torch import nn
+
+from seqvae_cli.data.base import Batch
+from seqvae_cli.errors import SeqvaeError
+from seqvae_cli.latent.gaussian import gaussian_kl, gaussian_log_density, sample_posterior, standard_normal_log_density
+from seqvae_cli.models.base import LatentModel
+from seqvae_cli.objective.schedule import KLSchedule
+
+@dataclass
+class Terms:
+    """One minibatch's objective. `loss` is what is minimised; the rest are batch means in nats."""
+
+    loss: torch.Tensor
+    rec: torch.Tensor          # E_q[log p(x|z)]
+    kl: torch.Tensor           # KL(q||p), summed over dims
+    kl_per_dim: torch.Tensor   # [D]
+    neg_elbo: torch.Tensor
+    aux: torch.Tensor
+    mu: torch.Tensor | None
+
+    def __post_init__(self) -> None:
+        # Everything but the loss is for reporting: keep it out of the autograd graph.
+        for name in ("rec", "kl", "kl_per_dim", "neg_elbo", "aux", "mu"):
+            value = getattr(self, name)
+            if value is not None:
+                setattr(self, name, value.detach())
+
+
+class Objective:
+    def __init__(self, cfg: DictConfig, total_steps: int, steps_per_epoch: int) -> None:
+        self.iw_samples = int(cfg.iw_samples)
+        self.free_bits_per_dim = float(cfg.free_bits.per_dim)
+        self.free_bits_total = float(cfg.free_bits.total)
+        # Li et al. 2019: train as a plain autoencoder first, then reset the decoder (trainer.py) and anneal.
+        self.pretrain_steps = int(cfg.get("ae_pretrain_epochs", 0)) * steps_per_epoch
+        self.schedule = KLSchedule.from_config(cfg, total_steps - self.pretrain_steps, steps_per_epoch)
+        self.steps_per_epoch = steps_per_epoch
+        self.bow_weight = float(cfg.get("bow_weight", 0.0))
+
+    def aux_loss(self, model: LatentModel, batch: Batch, z: torch.Tensor) -> torch.Tensor:
+        """Auxiliary per-example loss: the bag-of-words term of Zhao et al. 2017 when bow_weight > 0."""
+        if self.bow_weight <= 0:
+            return z.new_zeros(z.shape[0])
+        if not hasattr(model, "bag_of_words_nll"):
+            raise SeqvaeError(f"objective.bow_weight={self.bow_weight} needs a model with a bag-of-words head "
+                              f"(model=lstm_vae); set objective.bow_weight=0 for {type(model).__name__}")
+        return self.bow_weight * model.bag_of_words_nll(batch, z)
+
+    def kl_weight(self, step: int) -> float:
+        if step < self.pretrain_steps:
+            return 0.0
+        return self.schedule(step - self.pretrain_steps, self.steps_per_epoch)
+
+    def __call__(self, model: LatentModel, batch: Batch, step: int,
+                 weight: float | torch.Tensor | None = None) -> Terms:
+        """The terms at training step `step`; `weight` (the KL weight) defaults to the schedule's at that step, and
+        may be a device tensor (a CUDA-graph step reads the weight the trainer fills in before each replay)."""
+        weight = self.kl_weight(step) if weight is None else weight
+        if model.latent_dim == 0:  # a plain autoregressive model: the exact likelihood
+            rec = model.log_likelihood(batch, None)[0]
+            zero = rec.new_zeros(())
+            return Terms(-rec.mean(), rec.mean(), zero, rec.new_zeros(0), -rec.mean(), zero, None)
+        # Under bf16-mixed autocast the heads' outputs are bfloat16: the KL and the bounds are summed in float32.
+        mu, logvar = (t.float() for t in model.encode(batch))
+        if not model.variational or step < self.pretrain_steps:
+            z = mu.unsqueeze(0)
+            rec = model.log_likelihood(batch, z)[0]
+            aux = self.aux_loss(model, batch, mu)
+            zero = rec.new_zeros(())
+            if model.variational:  # autoencoder pre-training of a VAE: report its KL, do not train on it
+                kl_dims = gaussian_kl(mu, logvar).detach()
+                return Terms((-rec + aux).mean(), rec.mean(), kl_dims.sum(1).mean(), kl_dims.mean(0),
+                             (kl_dims.sum(1) - rec).mean(), aux.mean(), mu.detach())
+            return Terms((-rec + aux).mean(), rec.mean(), zero, mu.new_zeros(mu.shape[1]), -rec.mean(),
+                         aux.mean(), mu.detach())
+        kl_dims = gaussian_kl(mu, logvar)                     # [B, D]
+        kl_per_dim = kl_dims.mean(0)
+        kl = kl_dims.sum(1)                                   # [B]
+        if self.iw_samples > 1:
+            z = sample_posterior(mu, logvar, self.iw_samples)
+            log_px = model.log_likelihood(batch, z)           # [k, B]
+            # The annealing weight scales log p(z) - log q(z|x) inside the importance weights.
+            log_ratio = standard_normal_log_density(z) - gaussian_log_density(z, mu, logvar)
+            log_w = log_px + weight * log_ratio
+            bound = torch.logsumexp(log_w, 0) - math.log(self.iw_samples)
+            rec = log_px.mean(0)
+            aux = self.aux_loss(model, batch, z[0])
+            loss = (-bound + aux).mean()
+        else:
+            z = sample_posterior(mu, logvar, 1)
+            rec = model.log_likelihood(batch, z)[0]
+            aux = self.aux_loss(model, batch, z[0])
+            kl_term = kl.mean()
+            if self.free_bits_per_dim > 0:
+                kl_term = kl_per_dim.clamp(min=self.free_bits_per_dim).sum()
+            if self.free_bits_total > 0:
+                kl_term = kl_term.clamp(min=self.free_bits_total)
+            loss = -rec.mean() + weight * kl_term + aux.mean()
+        neg_elbo = (kl - rec).mean()
+        return Terms(loss, rec.mean(), kl.mean(), kl_per_dim.detach(), neg_elbo, aux.mean(), mu.detach())
+
+
+class TrainingLoss(nn.Module):
+    """A model and its objective as one module whose forward is a training step's loss: DistributedDataParallel
+    averages the gradients of what a module's forward reached, and the objective calls the model's encode and
+    log_likelihood rather than its forward."""
+
+    def __init__(self, model: LatentModel, objective: Objective) -> None:
+        super().__init__()
+        self.model, self.objective = model, objective
+
+    def forward(self, batch: Batch, step: int, weight: float | torch.Tensor | None = None) -> tuple[torch.Tensor, Terms]:
+        terms = self.objective(self.model, batch, step, weight)
+        return terms.loss, terms

@@ -1,0 +1,1 @@
+"""Training: the loop, checkpoints and resume, extras (weight averaging, aggressive encoder), several processes."""

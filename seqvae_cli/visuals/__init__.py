@@ -1,0 +1,38 @@
+"""Pictures, by data kind: each kind's module (images, text, series) draws what suits its data.
+
+A kind's module defines `during_training(model, dm, writer, step)` (TensorBoard pictures after each validation),
+`sample(model, dm, cfg, out_dir, writer, step) -> list[Path]` (everything `seqvae sample` draws) and, optionally,
+`end_of_training(model, dm, out_dir, writer, step)` (files written next to the run's checkpoints). A new data
+kind adds one module and one line to KINDS. Modules are imported on first use: matplotlib is slow to load.
+"""
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from types import ModuleType
+
+from torch.utils.tensorboard import SummaryWriter
+
+from seqvae_cli.data.base import DataModule
+from seqvae_cli.models.base import LatentModel
+
+KINDS = {"image": "seqvae_cli.visuals.images", "text": "seqvae_cli.visuals.text", "series": "seqvae_cli.visuals.series"}
+
+
+def for_kind(kind: str) -> ModuleType:
+    """The pictures module of a data kind (DataModule.kind)."""
+    return importlib.import_module(KINDS[kind])
+
+
+def during_training(model: LatentModel, dm: DataModule, writer: SummaryWriter, step: int) -> None:
+    for_kind(dm.kind).during_training(model, dm, writer, step)
+
+
+def end_of_training(model: LatentModel, dm: DataModule, out_dir: Path, writer: SummaryWriter, step: int) -> None:
+    module = for_kind(dm.kind)
+    if hasattr(module, "end_of_training"):
+        module.end_of_training(model, dm, out_dir, writer, step)
+
+
+def sample(model: LatentModel, dm: DataModule, cfg, out_dir: Path, writer: SummaryWriter, step: int) -> list[Path]:
+    return for_kind(dm.kind).sample(model, dm, cfg, out_dir, writer, step)
