@@ -59,7 +59,7 @@ NUM_TRAIN = 50_000  # seqvae: the first 50k training images train, the last 10k 
 
 # seqvae parameter prefix -> textbook layer. seqvae's encoder is Sequential(mlp([784, 400]), ReLU), so its
 # first Linear is "encoder.0.0"; the decoder is Sequential(Linear, ReLU, Linear).
-WEIGHT_MAP = {"encoder.0.0": "fc1", "mu_head": "fc21", "logvar_head": "fc22", "decoder.0": "fc3", "decoder.2": "fc4"}
+WEIGHT_MAP = {"encoder.0.0": "fc1", "posterior_head.mu_head": "fc21", "posterior_head.logvar_head": "fc22", "decoder.0": "fc3", "decoder.2": "fc4"}
 
 
 # ------------------------------------------------------------------------------ the textbook model

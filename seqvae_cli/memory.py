@@ -58,7 +58,7 @@ def check_fits(key: str, value: int, per_unit: int, fixed: int, what: str, devic
 # ------------------------------------------------------------------------------------------- the estimates
 
 def decoding_row_bytes(model, max_len: int, beam: bool) -> int:
-    """Bytes per decoded row (a sentence, or one beam of it) of decoding.py's strategies: the step's [rows, vocab]
+    """Bytes per decoded row (a sentence, or one beam of it) of models/decoding.py's strategies: the step's [rows, vocab]
     log-probabilities and their filtered, sorted and masked copies (sampling with top-k/top-p makes ~10 float
     copies, beam search ~5), the decoder state and the tokens so far."""
     z = torch.zeros(1, model.latent_dim) if model.latent_dim else None

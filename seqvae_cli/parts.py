@@ -29,9 +29,10 @@ from seqvae_cli.models.lstm_vae import lstm_vae
 from seqvae_cli.models.mlp_vae import MLPAutoencoder, MLPVAE
 
 # Where the parts lived before the package was split into sub-packages: checkpoints written then name them so.
-FORMER_PATHS = {"MNISTData": "seqvae_cli.data", "TextData": "seqvae_cli.data_text", "SinesData": "seqvae_cli.data_series",
-                "ECG5000Data": "seqvae_cli.data_series", "NABData": "seqvae_cli.data_series",
-                "CSVData": "seqvae_cli.data_series", "MLPVAE": "seqvae_cli.models", "MLPAutoencoder": "seqvae_cli.models",
+FORMER_PATHS = {"MNISTData": "seqvae_cli.data", "TextData": "seqvae_cli.data_text",
+                "SinesData": "seqvae_cli.data_series", "ECG5000Data": "seqvae_cli.data_series",
+                "NABData": "seqvae_cli.data_series", "CSVData": "seqvae_cli.data_series",
+                "MLPVAE": "seqvae_cli.models", "MLPAutoencoder": "seqvae_cli.models",
                 "LSTMLM": "seqvae_cli.models_seq", "lstm_vae": "seqvae_cli.models_seq"}
 
 

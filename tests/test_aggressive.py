@@ -20,7 +20,7 @@ from seqvae_cli.training.extras import AggressiveEncoder, split_encoder_decoder
 
 from conftest import compose_train_config
 
-ENCODER = ("encoder.", "mu_head.", "logvar_head.")
+ENCODER = ("encoder.", "posterior_head.mu_head.", "posterior_head.logvar_head.")
 BASE = ["debug=smoke", "trainer.progress_bar=false", "trainer.log_visuals=false", "trainer.test=false",
         "device=cpu", "trainer.limit_train_batches=3"]
 

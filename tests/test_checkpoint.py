@@ -7,7 +7,7 @@ from omegaconf import OmegaConf
 
 from seqvae_cli.training.checkpoint import FORMAT, load_checkpoint, resolve_checkpoint, save_atomic
 from seqvae_cli.errors import SeqvaeError
-from seqvae_cli.training.loop import find_resume_state, merge_resumed_config
+from seqvae_cli.training.resume import find_resume_state, merge_resumed_config
 
 
 def small_state():

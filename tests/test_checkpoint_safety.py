@@ -236,7 +236,7 @@ def test_flipped_bytes_in_a_weight_or_in_adams_state_are_a_corrupt_file(tmp_path
 def test_eval_refuses_40_flipped_bytes_in_mu_head(smoke_run, tmp_path):
     run = clone_run(smoke_run.run_dir, tmp_path / "run")
     best = run / "checkpoints" / "best.pt"
-    flip_bytes_inside(best, load_checkpoint(best)["model"]["mu_head.weight"])
+    flip_bytes_inside(best, load_checkpoint(best)["model"]["posterior_head.mu_head.weight"])
     proc = run_seqvae(["eval", f"run_dir={run}", "iw_samples=2", "limit_examples=100"], cwd=tmp_path)
     assert_one_error_line(proc, f"checkpoint {best} is corrupt", "last.pt or best.pt")
     assert not (run / "eval.json").exists()
@@ -260,18 +260,18 @@ def test_nan_weights_are_refused_by_eval_and_sample(smoke_run, tmp_path):
     run = clone_run(smoke_run.run_dir, tmp_path / "run")
     best = run / "checkpoints" / "best.pt"
     state = load_checkpoint(best)
-    state["model"]["mu_head.weight"][0, 0] = float("nan")
+    state["model"]["posterior_head.mu_head.weight"][0, 0] = float("nan")
     save_atomic(state, best)                       # sealed: only the non-finite check can object
     proc = run_seqvae(["eval", f"run_dir={run}", "iw_samples=2", "limit_examples=100"], cwd=tmp_path)
-    assert_one_error_line(proc, f"checkpoint {best} holds non-finite values", "mu_head.weight")
+    assert_one_error_line(proc, f"checkpoint {best} holds non-finite values", "posterior_head.mu_head.weight")
     assert not (run / "eval.json").exists()
-    with pytest.raises(SeqvaeError, match="1 NaN/inf in model.mu_head.weight"):   # sample loads the same way
+    with pytest.raises(SeqvaeError, match="1 NaN/inf in model.posterior_head.mu_head.weight"):   # sample loads the same way
         load_run(str(run), "best", CPU)
 
 
 def test_resume_refuses_nan_weights(smoke_run, tmp_path):
     from omegaconf import OmegaConf
-    from seqvae_cli.training.loop import find_resume_state
+    from seqvae_cli.training.resume import find_resume_state
     state = load_checkpoint(smoke_run.run_dir / "checkpoints" / "last.pt")
     state["model"]["decoder.0.bias"][:3] = float("inf")
     save_atomic(state, tmp_path / "checkpoints" / "last.pt")
@@ -284,7 +284,7 @@ def test_eval_metrics_that_overflow_are_an_error(smoke_run, tmp_path):
     run = clone_run(smoke_run.run_dir, tmp_path / "run")
     best = run / "checkpoints" / "best.pt"
     state = load_checkpoint(best)
-    state["model"]["mu_head.weight"] *= 1e30
+    state["model"]["posterior_head.mu_head.weight"] *= 1e30
     save_atomic(state, best)
     proc = run_seqvae(["eval", f"run_dir={run}", "iw_samples=2", "limit_examples=100"], cwd=tmp_path)
     # The pass itself ran (its progress bar is on stderr); then one error line, no table, nothing written.

@@ -31,7 +31,7 @@ def test_instantiate_and_forward_shapes(option, cls):
     assert type(model) is cls
     assert model.latent_dim == D and model.variational == (option == "mlp_vae")
     x = torch.bernoulli(torch.full((B, 784), 0.3))
-    mu, logvar = model.encode({"x": x})
+    mu, logvar = model.posterior({"x": x}).tensors()
     assert mu.shape == (B, D) and logvar.shape == (B, D)
     z = torch.randn(S, B, D)
     ll = model.log_likelihood({"x": x}, z)
@@ -65,7 +65,7 @@ def test_config_architecture_is_built():
     model = model_from_config("mlp_vae", "model.hidden_sizes=[32,16]", "model.latent_dim=3", "model.activation=tanh")
     linears = [m for m in model.encoder.modules() if isinstance(m, torch.nn.Linear)]
     assert [(m.in_features, m.out_features) for m in linears] == [(784, 32), (32, 16)]
-    assert model.mu_head.out_features == 3 and model.logvar_head.out_features == 3
+    assert model.posterior_head.mu_head.out_features == 3 and model.posterior_head.logvar_head.out_features == 3
     dec = [m for m in model.decoder.modules() if isinstance(m, torch.nn.Linear)]
     assert [(m.in_features, m.out_features) for m in dec] == [(3, 16), (16, 32), (32, 784)]
     assert any(isinstance(m, torch.nn.Tanh) for m in model.modules())

@@ -9,13 +9,36 @@ from omegaconf import OmegaConf
 from torch.distributions import Normal, kl_divergence
 
 from seqvae_cli.data.base import DataModule
-from seqvae_cli.evaluation.evaluate import active_units, evaluate, iw_log_likelihood, mutual_information
+from seqvae_cli.evaluation.evaluate import active_units, evaluate, iw_log_likelihood
 from seqvae_cli.models.base import LatentModel
 from seqvae_cli.models.mlp_vae import MLPAutoencoder, MLPVAE
-from seqvae_cli.latent.gaussian import gaussian_kl, gaussian_log_density, sample_posterior, standard_normal_log_density
+from seqvae_cli.latent.posterior import DiagonalGaussian
+from seqvae_cli.latent.prior import StandardNormal
+
+
+# The Gaussian posterior's and the standard prior's math, as the objective and evaluation reach it.
+def gaussian_kl(mu, logvar):
+    return DiagonalGaussian(mu, logvar).kl_per_dim(StandardNormal(mu.shape[-1]))
+
+
+def gaussian_log_density(z, mu, logvar):
+    return DiagonalGaussian(mu, logvar).log_prob(z)
+
+
+def standard_normal_log_density(z):
+    return StandardNormal(z.shape[-1]).log_prob(z)
+
+
+def sample_posterior(mu, logvar, num_samples):
+    return DiagonalGaussian(mu, logvar).rsample(num_samples)
+
+
+def mutual_information(mu, logvar):
+    return DiagonalGaussian(mu, logvar).mutual_information()
 from seqvae_cli.objective.elbo import Objective
 from seqvae_cli.objective.schedule import KLSchedule
-from seqvae_cli.training.loop import Trainer, lr_factor
+from seqvae_cli.training.loop import Trainer
+from seqvae_cli.training.optim import lr_factor
 
 from conftest import CONF_DIR, compose_train_config
 
@@ -76,7 +99,7 @@ def small_model_and_data():
 
 @torch.no_grad()
 def elbo_per_example(model, batch, samples=200):
-    mu, logvar = model.encode(batch)
+    mu, logvar = model.posterior(batch).tensors()
     rec = model.log_likelihood(batch, sample_posterior(mu, logvar, samples)).mean(0)
     return rec - gaussian_kl(mu, logvar).sum(-1)
 
@@ -135,7 +158,7 @@ def test_iwae_objective_is_the_iw_bound(small_model_and_data):
     torch.manual_seed(7)
     terms = obj(model, part, step=0)
     torch.manual_seed(7)
-    mu, logvar = model.encode(part)                       # same draws as the objective's
+    mu, logvar = model.posterior(part).tensors()                       # same draws as the objective's
     z = sample_posterior(mu, logvar, 20)
     log_w = model.log_likelihood(part, z) + standard_normal_log_density(z) - gaussian_log_density(z, mu, logvar)
     bound = torch.logsumexp(log_w, 0) - math.log(20)
@@ -191,7 +214,7 @@ def test_autoencoder_objective_has_no_kl():
     x = torch.bernoulli(torch.full((16, 30), 0.5))
     terms = Objective(objective_cfg(), 10, 10)(model, {"x": x}, step=0)
     assert float(terms.kl) == 0.0
-    mu, _ = model.encode({"x": x})
+    mu, _ = model.posterior({"x": x}).tensors()
     torch.testing.assert_close(terms.loss, -model.log_likelihood({"x": x}, mu.unsqueeze(0))[0].mean())
 
 
@@ -367,21 +390,22 @@ def test_evaluate_metrics_are_consistent(small_model_and_data):
     model, _ = small_model_and_data
     dm = TinyData()
     torch.manual_seed(0)
-    m = evaluate(model, dm, "test", iw_samples=50)
+    result = evaluate(model, dm, "test", iw_samples=50)
+    m = result.metrics
     assert m["num_examples"] == 300
     assert m["neg_elbo"] == pytest.approx(m["rec"] + m["kl"])
     assert m["iw_nll"] <= m["neg_elbo"] + 0.5
     assert m["kl"] > 0 and 0 <= m["active_units"] <= 3 and m["mutual_info"] >= -0.1
-    assert m["_mu"].shape == (300, 3) and m["_kl_per_dim"].shape == (3,)
-    assert m["_kl_per_dim"].sum().item() == pytest.approx(m["kl"], rel=1e-4)
-    limited = evaluate(model, dm, "test", limit=2)
+    assert result.posterior_means.shape == (300, 3) and result.kl_per_dim.shape == (3,)
+    assert result.kl_per_dim.sum().item() == pytest.approx(m["kl"], rel=1e-4)
+    limited = evaluate(model, dm, "test", limit=2).metrics
     assert limited["num_examples"] == 200 and "iw_nll" not in limited
 
 
 def test_evaluate_autoencoder_reports_reconstruction_only():
     torch.manual_seed(0)
     model = MLPAutoencoder(input_dim=30, hidden_sizes=[16], latent_dim=3)
-    m = evaluate(model, TinyData(), "test", iw_samples=10)
+    m = evaluate(model, TinyData(), "test", iw_samples=10).metrics
     assert m["rec"] > 0 and "kl" not in m and "neg_elbo" not in m and "iw_nll" not in m
     assert "active_units" in m
 
@@ -410,12 +434,12 @@ def test_ae_pretraining_step_is_a_deterministic_autoencoder(small_model_and_data
     torch.manual_seed(1)
     second = obj(model, part, step=3)
     torch.testing.assert_close(first.loss, second.loss)                 # z = posterior mean: no sampling
-    mu, logvar = model.encode(part)
+    mu, logvar = model.posterior(part).tensors()
     torch.testing.assert_close(first.loss, -model.log_likelihood(part, mu.unsqueeze(0))[0].mean())
     torch.testing.assert_close(first.kl, gaussian_kl(mu, logvar).sum(1).mean())   # reported, not trained on
     model.zero_grad()
     first.loss.backward()
-    assert model.logvar_head.weight.grad is None or torch.all(model.logvar_head.weight.grad == 0)
+    assert model.posterior_head.logvar_head.weight.grad is None or torch.all(model.posterior_head.logvar_head.weight.grad == 0)
     model.zero_grad()
     after = obj(model, part, step=10)                                   # pre-training over: the ELBO
     torch.testing.assert_close(after.loss, after.neg_elbo)

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import seqvae_cli.training.loop as trainer_module
+import seqvae_cli.training.reporting as reporting_module
 from conftest import compose_train_config
 from seqvae_cli.cli import report
 
@@ -17,15 +18,15 @@ def test_best_checkpoint_of_a_maximised_metric_is_its_highest_value(tmp_path, mo
     """Validation reports active units 5, 9, 7 over three epochs: best.pt must be epoch 2 (9 units), where a
     minimising trainer would keep epoch 1. (The first value, 0, is the check of the metric before training.)"""
     scripted = iter([0, 5, 9, 7])
-    real_evaluate = trainer_module.evaluate
+    real_evaluate = reporting_module.evaluate
 
     def evaluate_with_scripted_units(model, dm, split, **kwargs):
-        metrics = real_evaluate(model, dm, split, **kwargs)
+        result = real_evaluate(model, dm, split, **kwargs)
         if split == "val":
-            metrics["active_units"] = next(scripted)
-        return metrics
+            result.metrics["active_units"] = next(scripted)
+        return result
 
-    monkeypatch.setattr(trainer_module, "evaluate", evaluate_with_scripted_units)
+    monkeypatch.setattr(reporting_module, "evaluate", evaluate_with_scripted_units)
     cfg = compose_train_config("debug=smoke", "trainer.progress_bar=false", "trainer.max_epochs=3",
                                "trainer.limit_train_batches=2", "trainer.log_visuals=false", "trainer.test=false",
                                "optimized_metric=val/active_units", "device=cpu")
@@ -47,11 +48,11 @@ def test_evaluation_leaves_the_random_streams_alone_and_draws_the_same_samples_e
     trainer = trainer_module.Trainer(cfg, tmp_path, [])
     before = torch.get_rng_state()
     trainer.check_optimized_metric()
-    first = trainer.validation_metrics()
+    first = trainer.validation_metrics().metrics
     assert torch.equal(torch.get_rng_state(), before)
     torch.randn(100)                                   # whatever ran before does not change the score
-    assert trainer.validation_metrics()["rec"] == first["rec"]
-    unseeded = trainer_module.evaluate(trainer.model, trainer.dm, "val", limit=2, with_mutual_info=False)
+    assert trainer.validation_metrics().metrics["rec"] == first["rec"]
+    unseeded = reporting_module.evaluate(trainer.model, trainer.dm, "val", limit=2, with_mutual_info=False).metrics
     assert not torch.equal(torch.get_rng_state(), before)     # without a seed, evaluation draws from the stream
     assert unseeded["rec"] != first["rec"]
 

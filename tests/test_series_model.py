@@ -1,4 +1,4 @@
-"""Tests of the time-series LSTM-VAE (models_seq.SeriesLSTMVAE behind model=lstm_vae), its anomaly scoring
+"""Tests of the time-series LSTM-VAE (models/series_vae.py SeriesLSTMVAE behind model=lstm_vae), its anomaly scoring
 (evaluate -> anomaly.series_evaluation) and pictures (visuals_series), then `seqvae train/eval/sample` on
 real ECG5000 and on the synthetic sines.
 
@@ -122,7 +122,7 @@ def test_log_likelihood_shapes_and_samples_are_independent(decoder, std, rnn, bi
     model = tiny_model(decoder, std, rnn, bidir, z_conditioning=cond)
     g = torch.Generator().manual_seed(1)
     batch = {"x": torch.randn(4, 12, 2, generator=g)}
-    mu, logvar = model.encode(batch)
+    mu, logvar = model.posterior(batch).tensors()
     assert mu.shape == logvar.shape == (4, 3)
     z = torch.randn(3, 4, 3, generator=g)
     ll = model.log_likelihood(batch, z)
@@ -154,7 +154,7 @@ def test_likelihood_of_the_decoder_mean_is_the_normalising_constant(decoder):
 def test_gradients_reach_encoder_and_decoder_and_reset_decoder():
     model = tiny_model("autoregressive", "learned_channel").train()
     batch = {"x": torch.randn(3, 12, 2)}
-    mu, logvar = model.encode(batch)
+    mu, logvar = model.posterior(batch).tensors()
     loss = -model.log_likelihood(batch, (mu + logvar.exp()).unsqueeze(0)).mean()
     loss.backward()
     assert all(p.grad is not None for p in model.parameters())
@@ -164,7 +164,7 @@ def test_gradients_reach_encoder_and_decoder_and_reset_decoder():
     model.reset_decoder()
     changed = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
     assert "head.log_std" in changed and "decoder.rnn.weight_hh_l0" in changed and "decoder_proj.weight" in changed
-    assert not any(k.startswith(("encoder.", "input_proj.", "mu_head.", "logvar_head.")) for k in changed)
+    assert not any(k.startswith(("encoder.", "input_proj.", "posterior_head.mu_head.", "posterior_head.logvar_head.")) for k in changed)
     assert torch.equal(model.head.log_std, torch.zeros(2))
 
 
@@ -231,7 +231,8 @@ def test_separating_score_gives_auroc_one_and_writes_scores(tmp_path, score):
     model = Oracle()
     model.seq_len, model.channels = 20, 2
     torch.manual_seed(0)
-    m = evaluate(model, dm, "test", iw_samples=3, score=score, out_dir=tmp_path)
+    result = evaluate(model, dm, "test", iw_samples=3, score=score, out_dir=tmp_path)
+    m = result.metrics
     labels = dm.splits["test"]["label"]
     assert int(labels.sum()) == 15 and m["num_anomalous"] == 15 and m["score"] == score
     assert m["auroc"] == 1.0 and m["auprc"] == 1.0 and m["best_f1"] == 1.0
@@ -240,10 +241,10 @@ def test_separating_score_gives_auroc_one_and_writes_scores(tmp_path, score):
     assert len(rows) == 60 and list(rows[0])[:5] == ["index", "series", "start", "label", "score"]
     assert [int(r["label"]) for r in rows] == labels.tolist()
     assert [int(r["series"]) for r in rows] == dm.splits["test"]["series"].tolist()
-    assert float(rows[0]["score"]) == pytest.approx(float(m["_per_example"][score][0]), rel=1e-6)
+    assert float(rows[0]["score"]) == pytest.approx(float(result.per_example[score][0]), rel=1e-6)
     # no timestamps for independent sequences; nothing is written without out_dir
     assert not (tmp_path / "timestamp_scores_test.csv").exists()
-    val = evaluate(model, dm, "val")
+    val = evaluate(model, dm, "val").metrics
     assert "mse" in val and "auroc" not in val          # val holds no anomaly: AUROC undefined, left out
 
 
@@ -272,7 +273,7 @@ def test_windowed_data_gets_timestamp_scores_and_baseline(tmp_path):
     dm.setup(CPU)
     model = Oracle()
     model.seq_len, model.channels = 8, 1
-    m = evaluate(model, dm, "test", out_dir=tmp_path)
+    m = evaluate(model, dm, "test", out_dir=tmp_path).metrics
     key = "csv/spiky.csv"
     for name in ("auroc", "auprc", "baseline_auroc", "baseline_auprc"):
         assert 0.0 <= m[f"{key}/{name}"] <= 1.0
@@ -293,7 +294,7 @@ def test_windowed_data_gets_timestamp_scores_and_baseline(tmp_path):
     assert m[f"{key}/baseline_auprc"] == pytest.approx(auprc([float(r["baseline"]) for r in rows], labels))
     assert m[f"{key}/auroc"] > 0.6                       # the spike's windows score high
     # a partial pass (limit) cannot be mapped back to timestamps: per-window metrics only
-    partial = evaluate(model, dm, "test", limit=1, out_dir=tmp_path / "partial")
+    partial = evaluate(model, dm, "test", limit=1, out_dir=tmp_path / "partial").metrics
     assert "mse" in partial and not any(k.startswith("csv/") for k in partial)
 
 

@@ -233,7 +233,7 @@ def test_packed_and_padded_runs_agree(rnn, bidir):
     packed, padded = make_vae(rnn, "both", bidir, True), make_vae(rnn, "both", bidir, False)
     batch = tiny_batch()
     batch = {"x": torch.cat([batch["x"], torch.zeros(3, 2, dtype=torch.long)], 1), "lengths": batch["lengths"]}
-    for a, b in zip(packed.encode(batch), padded.encode(batch)):
+    for a, b in zip(packed.posterior(batch).tensors(), padded.posterior(batch).tensors()):
         assert torch.allclose(a, b, atol=1e-6)
     z = torch.randn(2, 3, 3)
     assert torch.allclose(packed.log_likelihood(batch, z), padded.log_likelihood(batch, z), atol=1e-5)
@@ -241,12 +241,12 @@ def test_packed_and_padded_runs_agree(rnn, bidir):
 
 def test_encode_shapes_and_batch_order(vae):
     batch = tiny_batch()
-    mu, logvar = vae.encode(batch)
+    mu, logvar = vae.posterior(batch).tensors()
     assert mu.shape == logvar.shape == (3, 3)
     for i in range(3):                                     # encoding is per-example, whatever the batch
         n = int(batch["lengths"][i])
         single = {"x": batch["x"][i:i + 1, :n], "lengths": batch["lengths"][i:i + 1]}
-        assert torch.allclose(vae.encode(single)[0][0], mu[i], atol=1e-6)
+        assert torch.allclose(vae.posterior(single).tensors()[0][0], mu[i], atol=1e-6)
 
 
 def test_log_likelihood_many_samples_equals_separate_calls(vae):
@@ -378,11 +378,11 @@ def test_gradients_reach_encoder_decoder_and_bow():
     torch.manual_seed(0)
     model = LSTMVAE(V, embed_dim=4, hidden_size=4, latent_dim=2, word_dropout=0.3).train()
     batch = tiny_batch()
-    mu, logvar = model.encode(batch)
+    mu, logvar = model.posterior(batch).tensors()
     z = mu + torch.randn_like(mu) * (0.5 * logvar).exp()
     loss = -model.log_likelihood(batch, z.unsqueeze(0)).sum() + model.bag_of_words_nll(batch, z).sum()
     loss.backward()
-    for name in ("encoder.rnn.weight_ih_l0", "mu_head.weight", "decoder.z_to_state.weight", "io.out.weight",
+    for name in ("encoder.rnn.weight_ih_l0", "posterior_head.mu_head.weight", "decoder.z_to_state.weight", "io.out.weight",
                  "bow.weight", "io.embedding.weight"):
         assert dict(model.named_parameters())[name].grad.abs().sum() > 0, name
 
@@ -528,7 +528,7 @@ def test_reset_decoder_keeps_encoder_and_embedding(tie):
     after = model.state_dict()
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert {"decoder.rnn.weight_hh_l0", "decoder.z_to_state.weight", "io.out.bias"} <= changed
-    assert not any(k.startswith(("encoder.", "mu_head.", "logvar_head.", "io.embedding.", "bow.")) for k in changed)
+    assert not any(k.startswith(("encoder.", "posterior_head.mu_head.", "posterior_head.logvar_head.", "io.embedding.", "bow.")) for k in changed)
     assert ("io.out.weight" in changed) != tie
 
 

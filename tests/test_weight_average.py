@@ -15,7 +15,8 @@ from seqvae_cli.training.checkpoint import load_checkpoint
 from seqvae_cli.config.rules import validate
 from seqvae_cli.errors import SeqvaeError
 from seqvae_cli.evaluation.evaluate import evaluate
-from seqvae_cli.training.loop import Trainer, merge_resumed_config
+from seqvae_cli.training.loop import Trainer
+from seqvae_cli.training.resume import merge_resumed_config
 
 from conftest import SMOKE_ARGS, clone_run, compose_train_config, describe, run_seqvae
 
@@ -66,8 +67,8 @@ def test_validation_and_checkpoints_use_the_average(tmp_path, mnist_data_dir):
                          epochs=1)
     metrics = trainer.validate()        # validation draws z seeded by trainer.seed: the same draws for all three
     seed, limit = trainer.cfg.trainer.seed, trainer.cfg.trainer.limit_val_batches
-    of_average = evaluate(trainer.average.model, trainer.dm, "val", limit=limit, with_mutual_info=False, seed=seed)
-    of_training = evaluate(trainer.model, trainer.dm, "val", limit=limit, with_mutual_info=False, seed=seed)
+    of_average = evaluate(trainer.average.model, trainer.dm, "val", limit=limit, with_mutual_info=False, seed=seed).metrics
+    of_training = evaluate(trainer.model, trainer.dm, "val", limit=limit, with_mutual_info=False, seed=seed).metrics
     assert metrics["rec"] == of_average["rec"]
     assert of_average["rec"] != pytest.approx(of_training["rec"], abs=1e-3)
     best = load_checkpoint(tmp_path / "checkpoints" / "best.pt")

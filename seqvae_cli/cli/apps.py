@@ -105,7 +105,7 @@ def _output_folder(cfg: DictConfig) -> Path:
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="eval")
 def eval_app(cfg: DictConfig) -> dict | float:
     from seqvae_cli.training.checkpoint import load_run, resolve_checkpoint
-    from seqvae_cli.evaluation.evaluate import evaluate, public
+    from seqvae_cli.evaluation.evaluate import evaluate
     try:
         validate(cfg)
         device = setup_device(cfg.device, bf16=is_bf16(cfg.iw_precision))
@@ -117,11 +117,11 @@ def eval_app(cfg: DictConfig) -> dict | float:
             limit = math.ceil(cfg.limit_examples / cfg.batch_size)
             batch_size = math.ceil(cfg.limit_examples / limit)
         out_dir, started = _output_folder(cfg), time.time()
-        metrics = public(evaluate(model, dm, cfg.split, iw_samples=k, limit=limit, batch_size=batch_size,
-                                  rows_per_chunk=cfg.iw_rows_per_chunk, progress=True, seed=cfg.seed,
-                                  iw_bf16=is_bf16(cfg.iw_precision),
-                                  # time series: the anomaly score, and where its CSV files go
-                                  score=cfg.score, out_dir=out_dir))
+        metrics = evaluate(model, dm, cfg.split, iw_samples=k, limit=limit, batch_size=batch_size,
+                           rows_per_chunk=cfg.iw_rows_per_chunk, progress=True, seed=cfg.seed,
+                           iw_bf16=is_bf16(cfg.iw_precision),
+                           # time series: the anomaly score, and where its CSV files go
+                           score=cfg.score, out_dir=out_dir).metrics
         check_finite_metrics(metrics, resolve_checkpoint(cfg.run_dir, cfg.checkpoint))
         metrics.update(seconds=round(time.time() - started, 1), checkpoint=str(cfg.checkpoint),
                        checkpoint_epoch=state["epoch"])

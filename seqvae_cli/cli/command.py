@@ -14,8 +14,6 @@ from seqvae_cli.errors import SeqvaeError
 log = logging.getLogger("seqvae")
 
 
-
-
 register_resolvers()
 
 

@@ -15,8 +15,6 @@ from seqvae_cli.errors import SeqvaeError
 from seqvae_cli.files import read_json, write_text_atomic
 
 NO_METRICS = "no metrics.json: failed or still running"
-
-
 BROKEN = "broken: metrics.json unreadable"
 
 

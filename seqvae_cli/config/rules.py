@@ -9,6 +9,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from seqvae_cli.errors import SeqvaeError
 
+
 # --------------------------------------------------------------------------------------- validation
 
 def one_of(*allowed: Any) -> tuple[Callable[[Any], bool], str]:
@@ -224,7 +225,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "num_forecasts": number(1, integer=True),
     "forecast_windows": number(1, integer=True),
     "season": optional_positive_int("estimated"),
-    # time-series data (data_series.py checks its constructor arguments with these same rules)
+    # time-series data (data/series/ checks its constructor arguments with these same rules)
     "data.seed": seed_rule(),
     "data.window": number(2, integer=True),
     "data.stride": number(1, integer=True),
@@ -297,7 +298,7 @@ def validate(cfg: DictConfig, rules: dict = RULES) -> None:
     if cosine and lr is not None and lr_min is not None and lr_min > lr:
         raise SeqvaeError(f"config error: optim.lr_min={lr_min} is above optim.lr={lr}: the cosine schedule would "
                           f"raise the learning rate; set optim.lr_min below optim.lr (e.g. optim.lr_min={lr / 100:g})")
-    # Checked here, before any data loads; trainer.py re-checks against max_steps once batch counts are known.
+    # Checked here, before any data loads; training/loop.py re-checks against max_steps once batch counts are known.
     pretrain = OmegaConf.select(cfg, "objective.ae_pretrain_epochs", default=0) or 0
     epochs = OmegaConf.select(cfg, "trainer.max_epochs", default=None)
     if epochs is not None and pretrain >= epochs:

@@ -9,6 +9,7 @@ import torch
 from seqvae_cli.data.base import DataModule, batch_limit, resolve_data_dir
 from seqvae_cli.errors import SeqvaeError
 
+
 # --------------------------------------------------------------------------------------------- MNIST
 
 MNIST_FILES = {

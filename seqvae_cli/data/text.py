@@ -29,11 +29,7 @@ PAD, UNK, SOS, EOS = "<pad>", "<unk>", "<sos>", "<eos>"
 
 
 SPECIALS = (PAD, UNK, SOS, EOS)          # ids 0, 1, 2, 3
-
-
 TOKENIZERS = ("whitespace", "simple")
-
-
 RELATIVE_TO = ("data_dir", "cwd")
 
 
@@ -44,8 +40,6 @@ _SIMPLE = re.compile(r"<[A-Za-z]+>|\w+(?:[-'.,]\w+)*|[^\w\s]", re.UNICODE)
 
 # Mikolov's split of the Penn Treebank, as distributed with Zaremba et al.'s LSTM code.
 PTB_URL = "https://raw.githubusercontent.com/tomsercu/lstm/master/data/{}"
-
-
 PTB_MD5 = {
     "ptb.train.txt": "f26c4b92c5fdc7b3f8c7cdcb991d8420",
     "ptb.valid.txt": "aa0affc06ff7c36e977d7cd49e3839bf",

@@ -8,6 +8,7 @@ import torch
 
 from seqvae_cli.evaluation.ranking import _numpy
 
+
 def rolling_zscore_scores(values: Any, window: int) -> np.ndarray:
     """The simple NAB baseline: score_t = |x_t - mean(x[t-window:t])| / std(x[t-window:t]).
 

@@ -1,21 +1,37 @@
-"""Evaluation metrics shared by validation, the final test and `seqvae eval`.
-
-All numbers are in nats per example. The IW-NLL batches over importance samples and chunks them
-so memory stays bounded whatever k is (k=5000 on MNIST runs on a laptop CPU).
-"""
+"""Scoring a split: -ELBO, reconstruction, KL, IW-NLL, active units, mutual information (and, for time series,
+anomaly metrics), in one pass of the model over the split. The result is an Evaluation."""
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
-from seqvae_cli.training import distributed
 from seqvae_cli.data.base import Batch, DataModule, batch_limit
-from seqvae_cli.latent.gaussian import gaussian_kl, gaussian_log_density, sample_posterior, standard_normal_log_density
+from seqvae_cli.latent.posterior import Posterior
 from seqvae_cli.models.base import LatentModel, eval_mode
-from seqvae_cli.models.series_vae import LOG_2PI
+from seqvae_cli.training import distributed
+
+
+@dataclass
+class Evaluation:
+    """What evaluate() measured on a split.
+
+    metrics: the JSON-able numbers (what metrics.json, the log and TensorBoard show).
+    per_example: each example's rec / kl / neg_elbo / iw_nll in nats [N] (CPU, in eval_batches order).
+    posterior_means: [N, D] the posterior means (None for a model without a latent), for active units and histograms.
+    kl_per_dim: [D] the KL of each dimension, averaged over the split (variational models).
+    columns: per-example values of series windows (mse, label, start, series), for anomaly scoring.
+    """
+
+    metrics: dict
+    per_example: dict[str, torch.Tensor] = field(default_factory=dict)
+    posterior_means: torch.Tensor | None = None
+    kl_per_dim: torch.Tensor | None = None
+    columns: dict[str, torch.Tensor] = field(default_factory=dict)
+
 
 # The IW pass keeps one log-sum-exp per chunk of samples; past this many they are folded into one, so the memory
 # stays bounded for any k (1e8 samples made 760k chunks: 1.5 GB per MNIST batch). Below it, nothing changes.
@@ -28,24 +44,23 @@ IW_PROGRESS_AFTER_S = 2.0
 
 @torch.no_grad()
 def iw_log_likelihood(model: LatentModel, batch: Batch, num_samples: int, rows_per_chunk: int = 65536,
-                      mu: torch.Tensor | None = None, logvar: torch.Tensor | None = None,
-                      bf16: bool = False, progress: bool = False) -> torch.Tensor:
+                      posterior: Posterior | None = None, bf16: bool = False, progress: bool = False
+                      ) -> torch.Tensor:
     """log p(x) ≈ log (1/k) Σ_i p(x|z_i) p(z_i) / q(z_i|x), z_i ~ q(z|x); returns [B].
     bf16: the decoder passes under bfloat16 autocast (the densities and log-sum-exp stay float32).
     progress: a bar over the samples once the pass has run IW_PROGRESS_AFTER_S seconds."""
-    if mu is None:
-        mu, logvar = model.encode(batch)
-    device_type = mu.device.type
-    per_chunk = max(1, rows_per_chunk // mu.shape[0])
+    q = model.posterior(batch) if posterior is None else posterior
+    device_type = q.mean.device.type
+    per_chunk = max(1, rows_per_chunk // q.mean.shape[0])
     chunks, done = [], 0
     with tqdm(total=num_samples, desc="importance samples", unit="sample", delay=IW_PROGRESS_AFTER_S,
               leave=False, disable=not progress) as bar:
         while done < num_samples:
             s = min(per_chunk, num_samples - done)
-            z = sample_posterior(mu, logvar, s)
+            z = q.rsample(s)
             with torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16):
                 log_px = model.log_likelihood(batch, z).float()
-            log_w = log_px + standard_normal_log_density(z) - gaussian_log_density(z, mu, logvar)
+            log_w = log_px + model.prior.log_prob(z) - q.log_prob(z)
             chunks.append(torch.logsumexp(log_w, 0))
             if len(chunks) == MAX_PENDING_CHUNKS:
                 chunks = [torch.logsumexp(torch.stack(chunks), 0)]
@@ -55,31 +70,12 @@ def iw_log_likelihood(model: LatentModel, batch: Batch, num_samples: int, rows_p
 
 
 @torch.no_grad()
-def mutual_information(mu: torch.Tensor, logvar: torch.Tensor, chunk: int = 1024) -> float:
-    """I(x;z) under q(x,z) = p_data(x) q(z|x), the estimator of Hoffman & Johnson 2016 / He et al. 2019:
-    E_x[-H(q(z|x))] - E_{x, z~q(z|x)}[log q(z)], with the aggregate posterior q(z) a mixture over the split."""
-    mu, logvar = mu.double(), logvar.double()  # the expanded quadratic form below cancels badly in float32
-    n, d = mu.shape
-    neg_entropy = (-0.5 * d * LOG_2PI - 0.5 * (1.0 + logvar).sum(-1)).mean()
-    z = sample_posterior(mu, logvar, 1)[0]
-    # log N(z_i; mu_j, var_j) for all pairs as matrix products: the [N, N, D] tensor is never built.
-    inv_var = (-logvar).exp()
-    const = ((mu.pow(2) * inv_var).sum(1) + logvar.sum(1) + d * LOG_2PI)  # [N]
-    log_qz = []
-    for i in range(0, n, chunk):
-        zi = z[i:i + chunk]
-        quad = zi.pow(2) @ inv_var.T - 2.0 * zi @ (mu * inv_var).T + const   # [c, N]
-        log_qz.append(torch.logsumexp(-0.5 * quad, 1) - math.log(n))
-    return float(neg_entropy - torch.cat(log_qz).mean())
-
-
-@torch.no_grad()
 def split_mutual_information(model: LatentModel, dm: DataModule, split: str,
                              limit: int | float | None = None) -> float:
-    """I(x;z) over `split` (mutual_information) from an encoder-only pass: no decoder, no other metric."""
+    """I(x;z) over `split` (Posterior.mutual_information) from an encoder-only pass: no decoder, no other metric."""
     with eval_mode(model):
-        posteriors = [model.encode(batch) for batch in dm.eval_batches(split, None, limit)]
-    return mutual_information(torch.cat([mu for mu, _ in posteriors]), torch.cat([lv for _, lv in posteriors]))
+        posteriors = [model.posterior(batch) for batch in dm.eval_batches(split, None, limit)]
+    return type(posteriors[0]).cat(posteriors).mutual_information()
 
 
 def active_units(mu: torch.Tensor, threshold: float = 0.01) -> int:
@@ -93,13 +89,11 @@ def active_units(mu: torch.Tensor, threshold: float = 0.01) -> int:
 def evaluate(model: LatentModel, dm: DataModule, split: str, iw_samples: int = 0, limit: int | float | None = None,
              batch_size: int | None = None, rows_per_chunk: int | None = None, with_mutual_info: bool = True,
              progress: bool = False, score: str = "neg_elbo", out_dir: Path | None = None,
-             iw_bf16: bool = False, seed: int | None = None, sharded: bool = False) -> dict:
+             iw_bf16: bool = False, seed: int | None = None, sharded: bool = False) -> Evaluation:
     """Score `split`: -ELBO, reconstruction, KL, IW-NLL (k=iw_samples, 0 = skip), active units, MI.
 
-    Returns the metrics and, under "_mu"/"_kl_per_dim", tensors for histograms (not for JSON); under
-    "_per_example", each example's rec/kl/neg_elbo/iw_nll in nats [N] (CPU, in eval_batches order).
-    Time series (dm.kind == "series") add anomaly.series_evaluation's metrics: reconstruction MSE, and
-    AUROC/AUPRC/best F1 of the per-example `score` (neg_elbo | rec | iw_nll); with out_dir, its CSV files.
+    Time series (dm.kind == "series") add evaluation.series's metrics: reconstruction MSE, and AUROC/AUPRC/best F1
+    of the per-example `score` (neg_elbo | rec | iw_nll); with out_dir, its CSV files.
     iw_bf16: the IW-NLL's decoder passes in bfloat16 autocast (`seqvae eval iw_precision=bf16-mixed`).
     seed: each batch's samples are drawn from the global RNG seeded with (seed, batch index), and the caller's RNG
     state is put back afterwards: the numbers then depend neither on what ran before nor on how the batches are
@@ -117,14 +111,20 @@ def model_device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
+# Per-example columns a series batch carries, kept for anomaly scoring (with each window's reconstruction MSE).
+SERIES_COLUMNS = ("label", "start", "series")
+
+
 def _evaluate(model, dm, split, iw_samples, limit, batch_size, rows_per_chunk, with_mutual_info, progress, score,
-              out_dir, iw_bf16, seed, sharded) -> dict:
+              out_dir, iw_bf16, seed, sharded) -> Evaluation:
     rows_per_chunk = rows_per_chunk or dm.iw_rows_per_chunk
     world, me = (distributed.world_size(), distributed.rank()) if sharded else (1, 0)
+    series = getattr(dm, "kind", None) == "series"
     sums = {"rec": 0.0, "kl": 0.0, "iw_ll": 0.0}
     n, tokens = 0, 0
-    mus, logvars, kl_dims = [], [], []
+    posteriors, kl_dims = [], []
     per: dict[str, list[torch.Tensor]] = {"rec": [], "kl": [], "iw_nll": []}   # per-example nats
+    columns: dict[str, list[torch.Tensor]] = {}
     batches = dm.eval_batches(split, batch_size, limit)
     if progress and me == 0:
         total = batch_limit(limit, math.ceil(dm.num_examples(split) / (batch_size or dm.eval_batch_size)))
@@ -143,47 +143,51 @@ def _evaluate(model, dm, split, iw_samples, limit, batch_size, rows_per_chunk, w
                 sums["rec"] += float(ll.sum())
                 per["rec"].append(-ll)
                 continue
-            mu, logvar = model.encode(batch)
+            q = model.posterior(batch)
+            posteriors.append(q)
             if model.variational:
-                z = sample_posterior(mu, logvar, 1)
-                kl = gaussian_kl(mu, logvar)
+                z = q.rsample(1)
+                kl = q.kl_per_dim(model.prior)
                 sums["kl"] += float(kl.sum())
                 per["kl"].append(kl.sum(1))
                 kl_dims.append(kl.sum(0))
-                mus.append(mu), logvars.append(logvar)
                 if iw_samples > 0:
-                    iw_ll = iw_log_likelihood(model, batch, iw_samples, rows_per_chunk, mu, logvar, iw_bf16,
+                    iw_ll = iw_log_likelihood(model, batch, iw_samples, rows_per_chunk, q, iw_bf16,
                                               progress=progress and me == 0)
                     sums["iw_ll"] += float(iw_ll.sum())
                     per["iw_nll"].append(-iw_ll)
             else:
-                z = mu.unsqueeze(0)
-                mus.append(mu)
+                z = q.mean.unsqueeze(0)
             ll = model.log_likelihood(batch, z)[0]
             sums["rec"] += float(ll.sum())
             per["rec"].append(-ll)
+            if series:   # the window's reconstruction error: decoder mean at the posterior mean (no sampling)
+                mse = (model.decode_mean(q.mean) - batch["x"]).pow(2).mean((-2, -1))
+                for key, value in [("mse", mse)] + [(k, batch[k]) for k in SERIES_COLUMNS]:
+                    columns.setdefault(key, []).append(value)
     if world > 1:
-        n, tokens, sums, per, mus, logvars, kl_dims = _gather_ranks(world, n, tokens, sums, per, mus, logvars,
-                                                                    kl_dims, model_device(model))
+        n, tokens, sums, per, posteriors, kl_dims, columns = _gather_ranks(
+            world, n, tokens, sums, per, posteriors, kl_dims, columns, model_device(model))
     out: dict = {"split": split, "num_examples": n, "rec": -sums["rec"] / n}
-    out["_per_example"] = {k: torch.cat(v).cpu() for k, v in per.items() if v}
-    if "kl" in out["_per_example"]:
-        out["_per_example"]["neg_elbo"] = out["_per_example"]["rec"] + out["_per_example"]["kl"]
+    result = Evaluation(out, {k: torch.cat(v).cpu() for k, v in per.items() if v},
+                        columns={k: torch.cat(v).cpu() for k, v in columns.items()})
+    if "kl" in result.per_example:
+        result.per_example["neg_elbo"] = result.per_example["rec"] + result.per_example["kl"]
     if tokens:
         out["num_tokens"] = tokens
     if model.latent_dim == 0:
         out["nll"] = out["neg_elbo"] = -sums["rec"] / n
         if tokens:
             out["ppl"] = math.exp(-sums["rec"] / tokens)
-        return out
-    mu_all = torch.cat(mus)
-    out["active_units"] = active_units(mu_all)
-    out["_mu"] = mu_all
+        return result
+    posterior = type(posteriors[0]).cat(posteriors)
+    out["active_units"] = active_units(posterior.mean)
+    result.posterior_means = posterior.mean
     if not model.variational:  # an autoencoder has no likelihood bound: report reconstruction only
-        return out
+        return result
     out["kl"] = sums["kl"] / n
     out["neg_elbo"] = out["rec"] + out["kl"]
-    out["_kl_per_dim"] = torch.stack(kl_dims).sum(0) / n
+    result.kl_per_dim = torch.stack(kl_dims).sum(0) / n
     if tokens:  # perplexity = exp(total NLL / total tokens); the ELBO gives an upper bound on it
         out["ppl_elbo"] = math.exp(out["neg_elbo"] * n / tokens)
     if iw_samples > 0:
@@ -194,32 +198,28 @@ def _evaluate(model, dm, split, iw_samples, limit, batch_size, rows_per_chunk, w
     if seed is not None:  # the draws below must not depend on which rank scored the last batch
         torch.manual_seed(seed * 100_003 - 1)
     if with_mutual_info:
-        out["mutual_info"] = mutual_information(mu_all, torch.cat(logvars))
-    if getattr(dm, "kind", None) == "series":   # time series: anomaly scores and metrics (anomaly.py)
+        out["mutual_info"] = posterior.mutual_information()
+    if series:   # time series: anomaly scores and metrics
         from seqvae_cli.evaluation.series import series_evaluation
-        out.update(series_evaluation(model, dm, split, out, score=score, out_dir=out_dir, limit=limit,
-                                     batch_size=batch_size))
-    return out
+        out.update(series_evaluation(dm, split, result, score=score, out_dir=out_dir))
+    return result
 
 
-def _gather_ranks(world: int, n: int, tokens: int, sums: dict, per: dict, mus: list, logvars: list, kl_dims: list,
-                  device: torch.device) -> tuple:
+def _gather_ranks(world: int, n: int, tokens: int, sums: dict, per: dict, posteriors: list, kl_dims: list,
+                  columns: dict, device: torch.device) -> tuple:
     """Put together what each rank scored (every W-th batch) in the order one process would have scored it."""
     totals = distributed.all_reduce_sum(torch.tensor([n, tokens, sums["rec"], sums["kl"], sums["iw_ll"]],
                                                      dtype=torch.float64, device=device)).tolist()
-    mine = {"per": {k: [t.cpu() for t in v] for k, v in per.items()}, "mu": [t.cpu() for t in mus],
-            "logvar": [t.cpu() for t in logvars], "kl_dims": [t.cpu() for t in kl_dims]}
+    mine = {"per": {k: [t.cpu() for t in v] for k, v in per.items()}, "posterior": [p.to("cpu") for p in posteriors],
+            "kl_dims": [t.cpu() for t in kl_dims], "columns": {k: [t.cpu() for t in v] for k, v in columns.items()}}
     ranks = distributed.all_gather(mine)
 
-    def interleave(get) -> list[torch.Tensor]:
+    def interleave(get) -> list:
         lists = [get(r) for r in ranks]   # rank r holds batches r, r + W, ...: deal them back in turn
         return [lists[i % world][i // world] for i in range(sum(map(len, lists)))]
     merged_per = {k: [t.to(device) for t in interleave(lambda r, k=k: r["per"][k])] for k in per}
-    back = [[t.to(device) for t in interleave(lambda r, k=k: r[k])] for k in ("mu", "logvar", "kl_dims")]
+    merged_columns = {k: interleave(lambda r, k=k: r["columns"][k]) for k in columns}
+    merged_posteriors = [p.to(device) for p in interleave(lambda r: r["posterior"])]
+    merged_kl = [t.to(device) for t in interleave(lambda r: r["kl_dims"])]
     sums = {"rec": totals[2], "kl": totals[3], "iw_ll": totals[4]}
-    return int(totals[0]), int(totals[1]), sums, merged_per, *back
-
-
-def public(metrics: dict) -> dict:
-    """The JSON-able part of evaluate()'s result."""
-    return {k: v for k, v in metrics.items() if not k.startswith("_")}
+    return int(totals[0]), int(totals[1]), sums, merged_per, merged_posteriors, merged_kl, merged_columns

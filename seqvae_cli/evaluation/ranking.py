@@ -9,7 +9,6 @@ import numpy as np
 import torch
 
 
-
 def _numpy(a: Any) -> np.ndarray:
     if isinstance(a, torch.Tensor):
         return a.detach().cpu().numpy()

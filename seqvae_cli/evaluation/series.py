@@ -1,13 +1,18 @@
 """Time-series evaluation: per-window and per-timestamp anomaly scores, their metrics and CSV files."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 
 import numpy as np
 import torch
 
 from seqvae_cli.evaluation.baselines import rolling_zscore_scores
 from seqvae_cli.evaluation.ranking import classification_metrics
-from seqvae_cli.models.base import eval_mode
+from seqvae_cli.errors import SeqvaeError
+
+if TYPE_CHECKING:   # evaluate.py calls this module
+    from seqvae_cli.evaluation.evaluate import Evaluation
 
 # ---------------------------------------------------------------------- scoring a time-series model
 
@@ -18,28 +23,13 @@ SCORES = ("neg_elbo", "rec", "iw_nll")
 
 
 def pick_score(per_example: dict, score: str) -> torch.Tensor:
-    """The per-example values [N] of `score` out of evaluate()'s "_per_example"."""
-    from seqvae_cli.errors import SeqvaeError
+    """The per-example values [N] of `score` out of an Evaluation's per_example."""
     if score not in SCORES:
         raise SeqvaeError(f"config error: score={score!r} is not allowed; expected one of: {', '.join(SCORES)}")
     if score not in per_example:
         raise SeqvaeError(f"score={score} needs importance samples: give iw_samples > 0 (seqvae eval "
                           f"iw_samples=100), or use score=neg_elbo or score=rec")
     return per_example[score]
-
-
-@torch.no_grad()
-def _window_table(model, dm, split: str, limit, batch_size) -> dict[str, torch.Tensor]:
-    """One pass over `split` in eval_batches order: per window its reconstruction MSE (decoder mean at the
-    posterior mean vs the input; normalised units, mean over steps and channels), label, start and series."""
-    cols: dict[str, list[torch.Tensor]] = {"mse": [], "label": [], "start": [], "series": []}
-    for batch in dm.eval_batches(split, batch_size, limit):
-        mu, _ = model.encode(batch)
-        rec = model.decode_mean(mu)
-        cols["mse"].append((rec - batch["x"]).pow(2).mean((-2, -1)).cpu())
-        for key in ("label", "start", "series"):
-            cols[key].append(batch[key].cpu())
-    return {k: torch.cat(v) for k, v in cols.items()}
 
 
 def _history(dm, part, split: str) -> np.ndarray:
@@ -68,9 +58,9 @@ def _csv_number(v: float) -> str:
     return "" if v != v else repr(float(v))   # NaN (not scored) -> an empty cell
 
 
-def series_evaluation(model, dm, split: str, metrics: dict, score: str = "neg_elbo", out_dir=None,
-                      limit=None, batch_size: int | None = None) -> dict:
-    """What evaluate() adds for time series (dm.kind == "series"), from its metrics' "_per_example" values.
+def series_evaluation(dm, split: str, result: "Evaluation", score: str = "neg_elbo", out_dir=None) -> dict:
+    """What evaluate() adds for time series (dm.kind == "series"), from the per-example values and window columns
+    (mse, label, start, series) of its one pass over the split.
 
     * mse: reconstruction MSE per window (normalised units, mean over steps and channels), averaged.
     * When the windows' labels hold both classes: auroc, auprc, best_f1 (+ threshold) of the per-window
@@ -85,12 +75,10 @@ def series_evaluation(model, dm, split: str, metrics: dict, score: str = "neg_el
       for windowed data, timestamp_scores_<split>.csv (series, timestamp, value(s), label, score, baseline).
     """
     from pathlib import Path
-    per = metrics.get("_per_example", {})
+    per, table = result.per_example, result.columns
     if "neg_elbo" not in per:      # a model without a posterior: nothing to score
         return {}
     values = pick_score(per, score).double()
-    with eval_mode(model):
-        table = _window_table(model, dm, split, limit, batch_size)
     n = values.numel()
     if table["mse"].numel() != n:
         raise ValueError(f"{split}: {table['mse'].numel()} windows for {n} scores")

@@ -1,4 +1,18 @@
-"""The interface every model implements; the objective, evaluation and pictures use nothing else."""
+"""The interface every model implements; the trainer, objective, evaluation and pictures use nothing else.
+
+  latent_dim              size of z (0 for a model without a latent, the language model)
+  variational             False for the deterministic autoencoder: z = the posterior mean, no KL
+  prior                   p(z), a latent.prior.Prior module
+  posterior(batch)        q(z|x), a latent.posterior.Posterior: what the encoder says of each example
+  log_likelihood(batch, z) with z [S, B, D] -> log p(x|z), [S, B], in nats per example
+  decode_mean(z)          the decoder's mean output, for pictures
+  bag_of_words_nll(batch, z) (optional) -> [B], for objective.bow_weight > 0
+  decoder_modules()       the modules reset_decoder() re-initialises (Li et al. 2019's recipe); the aggressive
+                          training's encoder/decoder split is found from gradients (training/extras.py)
+
+A model with a latent builds its encoder network, then calls add_latent(h_size, latent_dim), which makes the
+posterior head (h [B, h_size] -> q(z|x)) and the prior; posterior(batch) is then posterior_head(features(batch)).
+"""
 from __future__ import annotations
 
 import contextlib
@@ -8,6 +22,9 @@ import torch
 from torch import nn
 
 from seqvae_cli.data.base import Batch
+from seqvae_cli.latent.posterior import GaussianPosterior, Posterior
+from seqvae_cli.latent.prior import Prior, StandardNormal
+
 
 @contextlib.contextmanager
 def eval_mode(model: nn.Module) -> Iterator[None]:
@@ -20,12 +37,32 @@ def eval_mode(model: nn.Module) -> Iterator[None]:
         model.train(was_training)
 
 
+# Parameter names of the posterior head before it was a module of its own: checkpoints written then use them.
+FORMER_HEAD_KEYS = {"mu_head.": "posterior_head.mu_head.", "logvar_head.": "posterior_head.logvar_head."}
+
+
 class LatentModel(nn.Module):
     latent_dim: int
     variational: bool = True
+    prior: Prior
+    posterior_head: nn.Module
 
-    def encode(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    def __init__(self) -> None:
+        super().__init__()
+        self._register_load_state_dict_pre_hook(_rename_former_keys)
+
+    def add_latent(self, h_size: int, latent_dim: int) -> None:
+        """The posterior head on the encoder's summary (size h_size) and the prior, for a latent of latent_dim.
+        Called where the heads were always created, so that a seed gives the same initial weights."""
+        self.posterior_head = GaussianPosterior(h_size, latent_dim)
+        self.prior = StandardNormal(latent_dim)
+
+    def features(self, batch: Batch) -> torch.Tensor:
+        """The encoder's summary of each example, h [B, h_size]."""
         raise NotImplementedError
+
+    def posterior(self, batch: Batch) -> Posterior:
+        return self.posterior_head(self.features(batch))
 
     def log_likelihood(self, batch: Batch, z: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -41,3 +78,11 @@ class LatentModel(nn.Module):
             for m in module.modules():
                 if hasattr(m, "reset_parameters"):
                     m.reset_parameters()
+
+
+def _rename_former_keys(state_dict: dict, prefix: str, *args) -> None:
+    """Load a state dict that names the posterior head's parameters as they were before it was a module."""
+    for key in [k for k in state_dict if k.startswith(prefix)]:
+        for old, new in FORMER_HEAD_KEYS.items():
+            if key.startswith(prefix + old):
+                state_dict[prefix + new + key[len(prefix + old):]] = state_dict.pop(key)

@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 
-
 from seqvae_cli.errors import SeqvaeError
+
 
 def _check(ok: bool, key: str, value, allowed: str) -> None:
     if not ok:

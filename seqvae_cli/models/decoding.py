@@ -1,6 +1,6 @@
 """Decoding strategies for the sequence models, batched over sentences.
 
-They use only the models' step interface (models_seq.py):
+They use only the models' step interface (nn/rnn.py, models/sentence_vae.py):
   model.init_decoder_state(z, n) -> state    a tuple of tensors, each [layers, N, H]
   model.decoder_step(tokens [N], state, z)   -> (log-probabilities [N, V], new state)
   model.sos_id, model.eos_id, model.pad_id
@@ -204,5 +204,5 @@ def homotopy(z_from: torch.Tensor, z_to: torch.Tensor, steps: int) -> torch.Tens
 def reconstruct(model, batch: dict, strategy: str = "greedy", max_len: int = 100, **kwargs) -> Decoded:
     """Decode each sentence of a batch from its posterior mean."""
     with eval_mode(model):
-        mu, _ = model.encode(batch)
+        mu = model.posterior(batch).mean
     return decode(model, mu, strategy=strategy, max_len=max_len, **kwargs)

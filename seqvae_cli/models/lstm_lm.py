@@ -11,6 +11,7 @@ from seqvae_cli.models.base import LatentModel
 from seqvae_cli.models.sentence_vae import _TextDecoderMixin, _check_common
 from seqvae_cli.nn.rnn import RNNDecoder, TokenIO
 
+
 class LSTMLM(_TextDecoderMixin, LatentModel):
     """The RNN language model baseline: the VAE's decoder without a latent; its NLL is exact."""
 
@@ -29,7 +30,7 @@ class LSTMLM(_TextDecoderMixin, LatentModel):
                           embed_dropout, output_dropout, tie_weights)
         self.decoder = RNNDecoder(embed_dim, hidden_size, decoder_layers, rnn, 0, "init", packed, weight_drop)
 
-    def encode(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    def posterior(self, batch: Batch):
         raise SeqvaeError("lstm_lm has no latent variable: it cannot encode a sentence")
 
     def log_likelihood(self, batch: Batch, z: torch.Tensor | None = None) -> torch.Tensor:

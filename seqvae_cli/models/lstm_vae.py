@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 
-
 from seqvae_cli.errors import SeqvaeError
 from seqvae_cli.models.base import LatentModel
 from seqvae_cli.models.sentence_vae import LSTMVAE
 from seqvae_cli.models.series_vae import SeriesLSTMVAE
+
 
 # ------------------------------------------------------------------------------------- the factory
 

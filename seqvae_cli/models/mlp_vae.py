@@ -12,6 +12,7 @@ from seqvae_cli.models.base import LatentModel
 from seqvae_cli.nn.kernels import bernoulli_log_prob
 from seqvae_cli.nn.mlp import ACTIVATIONS, mlp
 
+
 class MLPVAE(LatentModel):
     """Fully connected VAE for flat images; 784-400-20 with ReLU is the pytorch/examples model.
 
@@ -27,16 +28,14 @@ class MLPVAE(LatentModel):
         hidden = list(hidden_sizes)
         self.input_dim, self.latent_dim, self.likelihood = input_dim, latent_dim, likelihood
         self.encoder = nn.Sequential(mlp([input_dim] + hidden, activation), ACTIVATIONS[activation]())
-        self.mu_head = nn.Linear(hidden[-1], latent_dim)
-        self.logvar_head = nn.Linear(hidden[-1], latent_dim)
+        self.add_latent(hidden[-1], latent_dim)
         self.decoder = mlp([latent_dim] + hidden[::-1] + [input_dim], activation)
         if likelihood == "gaussian":
             # One learned log-std per pixel, shared by all examples (a homoscedastic Gaussian decoder).
             self.log_std = nn.Parameter(torch.zeros(input_dim))
 
-    def encode(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        h = self.encoder(batch["x"])
-        return self.mu_head(h), self.logvar_head(h)
+    def features(self, batch: Batch) -> torch.Tensor:
+        return self.encoder(batch["x"])
 
     def log_likelihood(self, batch: Batch, z: torch.Tensor) -> torch.Tensor:
         out = self.decoder(z)                      # [S, B, input_dim]

@@ -13,6 +13,7 @@ from seqvae_cli.models.base import LatentModel
 from seqvae_cli.models.checks import _check, _positive_int, _probability
 from seqvae_cli.nn.rnn import RNNDecoder, RNNEncoder, RNNS, State, TokenIO, Z_CONDITIONING
 
+
 # ------------------------------------------------------------------------------------------ models
 
 def _check_common(embed_dim, hidden_size, rnn, decoder_layers, word_dropout, embed_dropout, output_dropout,
@@ -101,15 +102,13 @@ class LSTMVAE(_TextDecoderMixin, LatentModel):
         self.io = TokenIO(vocab_size, embed_dim, hidden_size, pad_id, unk_id, sos_id, eos_id, word_dropout,
                           embed_dropout, output_dropout, tie_weights)
         self.encoder = RNNEncoder(embed_dim, hidden_size, encoder_layers, bidirectional, rnn, packed)
-        self.mu_head = nn.Linear(self.encoder.output_size, latent_dim)
-        self.logvar_head = nn.Linear(self.encoder.output_size, latent_dim)
+        self.add_latent(self.encoder.output_size, latent_dim)
         self.decoder = RNNDecoder(embed_dim, hidden_size, decoder_layers, rnn, latent_dim, z_conditioning, packed,
                                   weight_drop)
         self.bow = nn.Linear(latent_dim, vocab_size)
 
-    def encode(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        h = self.encoder(self.io.embed(batch["x"]), batch["lengths"])
-        return self.mu_head(h), self.logvar_head(h)
+    def features(self, batch: Batch) -> torch.Tensor:
+        return self.encoder(self.io.embed(batch["x"]), batch["lengths"])
 
     def log_likelihood(self, batch: Batch, z: torch.Tensor) -> torch.Tensor:
         """log p(x|z) in nats per sentence (all tokens incl. <eos>), z [S, B, D] -> [S, B], in one decoder pass."""

@@ -8,19 +8,16 @@ from torch import nn
 
 from seqvae_cli.data.base import Batch
 from seqvae_cli.errors import SeqvaeError
+from seqvae_cli.latent.prior import LOG_2PI
 from seqvae_cli.models.base import LatentModel, eval_mode
 from seqvae_cli.models.checks import _check, _positive_int
 from seqvae_cli.nn.rnn import RNNDecoder, RNNEncoder, RNNS, State, Z_CONDITIONING
 
+
 # ------------------------------------------------------------------------------------ time series
 
 SERIES_DECODERS = ("repeat", "autoregressive")
-
-
 OUTPUT_STDS = ("learned_channel", "learned_step", "fixed")
-
-
-LOG_2PI = math.log(2 * math.pi)
 
 
 # Bounds on a learned log-std (normalised units): a std below 1e-3 lets the likelihood of a near-perfect
@@ -125,8 +122,7 @@ class SeriesLSTMVAE(LatentModel):
         features = embed_dim if project_input else num_channels
         self.input_proj = nn.Linear(num_channels, embed_dim) if project_input else nn.Identity()
         self.encoder = RNNEncoder(features, hidden_size, encoder_layers, bidirectional, rnn, packed=False)
-        self.mu_head = nn.Linear(self.encoder.output_size, latent_dim)
-        self.logvar_head = nn.Linear(self.encoder.output_size, latent_dim)
+        self.add_latent(self.encoder.output_size, latent_dim)
         if series_decoder == "repeat":
             # No input of its own: z (concatenated to an empty input) is what every step reads.
             conditioning = "both" if z_conditioning in ("init", "both") else "concat"
@@ -139,10 +135,9 @@ class SeriesLSTMVAE(LatentModel):
         self.head = GaussianHead(hidden_size, num_channels, output_std, float(fixed_std))
 
     # ------------------------------------------------------------------------------ the interface
-    def encode(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        """q(z|x) for x [B, T', C]; any length T' works (forecast() encodes a prefix)."""
-        h = self.encoder.forward_full(self.input_proj(batch["x"]))
-        return self.mu_head(h), self.logvar_head(h)
+    def features(self, batch: Batch) -> torch.Tensor:
+        """The encoder's summary of x [B, T', C]; any length T' works (forecast() encodes a prefix)."""
+        return self.encoder.forward_full(self.input_proj(batch["x"]))
 
     def _decode_full(self, z: torch.Tensor, x: torch.Tensor | None = None, steps: int | None = None
                      ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -222,9 +217,9 @@ class SeriesLSTMVAE(LatentModel):
             raise SeqvaeError(f"the repeat decoder forecasts inside its window only: prefix {p} + horizon {horizon} "
                               f"> seq_len {self.seq_len}; shorten them (or use model.series_decoder=autoregressive)")
         with eval_mode(self):
-            mu, logvar = self.encode({"x": prefix})
-            eps = _randn((num_samples, b, self.latent_dim), generator, mu)
-            z = (mu + eps * (0.5 * logvar).exp()).reshape(num_samples * b, -1)   # row n*B + i: sample n of prefix i
+            q = self.posterior({"x": prefix})
+            eps = _randn((num_samples, b, self.latent_dim), generator, q.mu)
+            z = (q.mu + eps * (0.5 * q.logvar).exp()).reshape(num_samples * b, -1)   # row n*B + i: sample n of prefix i
             if self.series_decoder == "repeat":
                 mean, log_std = self._decode_full(z)
                 mean = mean[:, p:p + horizon]

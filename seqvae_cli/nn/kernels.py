@@ -7,7 +7,6 @@ from torch import nn
 from torch.nn import functional as F
 
 
-
 class _ELUFunction(torch.autograd.Function):
     """ELU (alpha 1) as relu(x) + (exp(min(x, 0)) - 1), with the library's backward on the output.
 

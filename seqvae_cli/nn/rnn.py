@@ -18,7 +18,7 @@ the non-pad positions. The recurrences run on packed sequences on CUDA; on the C
 which is exact for the causal decoder and a unidirectional encoder read at each sentence's last
 step; a bidirectional encoder is always packed. `packed: true|false` forces either.
 
-Decoder state convention (decoding.py relies on it): a tuple of tensors, each [layers, N, H].
+Decoder state convention (models/decoding.py relies on it): a tuple of tensors, each [layers, N, H].
 """
 from __future__ import annotations
 
@@ -34,8 +34,6 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from seqvae_cli.errors import SeqvaeError
 
 RNNS = {"lstm": nn.LSTM, "gru": nn.GRU}
-
-
 Z_CONDITIONING = ("init", "concat", "both")
 
 

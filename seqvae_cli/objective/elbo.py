@@ -12,9 +12,9 @@ from torch import nn
 
 from seqvae_cli.data.base import Batch
 from seqvae_cli.errors import SeqvaeError
-from seqvae_cli.latent.gaussian import gaussian_kl, gaussian_log_density, sample_posterior, standard_normal_log_density
 from seqvae_cli.models.base import LatentModel
 from seqvae_cli.objective.schedule import KLSchedule
+
 
 @dataclass
 class Terms:
@@ -41,7 +41,7 @@ class Objective:
         self.iw_samples = int(cfg.iw_samples)
         self.free_bits_per_dim = float(cfg.free_bits.per_dim)
         self.free_bits_total = float(cfg.free_bits.total)
-        # Li et al. 2019: train as a plain autoencoder first, then reset the decoder (trainer.py) and anneal.
+        # Li et al. 2019: train as a plain autoencoder first, then reset the decoder (training/loop.py) and anneal.
         self.pretrain_steps = int(cfg.get("ae_pretrain_epochs", 0)) * steps_per_epoch
         self.schedule = KLSchedule.from_config(cfg, total_steps - self.pretrain_steps, steps_per_epoch)
         self.steps_per_epoch = steps_per_epoch
@@ -71,33 +71,34 @@ class Objective:
             zero = rec.new_zeros(())
             return Terms(-rec.mean(), rec.mean(), zero, rec.new_zeros(0), -rec.mean(), zero, None)
         # Under bf16-mixed autocast the heads' outputs are bfloat16: the KL and the bounds are summed in float32.
-        mu, logvar = (t.float() for t in model.encode(batch))
+        q, prior = model.posterior(batch).float(), model.prior
+        mu = q.mean
         if not model.variational or step < self.pretrain_steps:
             z = mu.unsqueeze(0)
             rec = model.log_likelihood(batch, z)[0]
             aux = self.aux_loss(model, batch, mu)
             zero = rec.new_zeros(())
             if model.variational:  # autoencoder pre-training of a VAE: report its KL, do not train on it
-                kl_dims = gaussian_kl(mu, logvar).detach()
+                kl_dims = q.kl_per_dim(prior).detach()
                 return Terms((-rec + aux).mean(), rec.mean(), kl_dims.sum(1).mean(), kl_dims.mean(0),
                              (kl_dims.sum(1) - rec).mean(), aux.mean(), mu.detach())
             return Terms((-rec + aux).mean(), rec.mean(), zero, mu.new_zeros(mu.shape[1]), -rec.mean(),
                          aux.mean(), mu.detach())
-        kl_dims = gaussian_kl(mu, logvar)                     # [B, D]
+        kl_dims = q.kl_per_dim(prior)                         # [B, D]
         kl_per_dim = kl_dims.mean(0)
         kl = kl_dims.sum(1)                                   # [B]
         if self.iw_samples > 1:
-            z = sample_posterior(mu, logvar, self.iw_samples)
+            z = q.rsample(self.iw_samples)
             log_px = model.log_likelihood(batch, z)           # [k, B]
             # The annealing weight scales log p(z) - log q(z|x) inside the importance weights.
-            log_ratio = standard_normal_log_density(z) - gaussian_log_density(z, mu, logvar)
+            log_ratio = prior.log_prob(z) - q.log_prob(z)
             log_w = log_px + weight * log_ratio
             bound = torch.logsumexp(log_w, 0) - math.log(self.iw_samples)
             rec = log_px.mean(0)
             aux = self.aux_loss(model, batch, z[0])
             loss = (-bound + aux).mean()
         else:
-            z = sample_posterior(mu, logvar, 1)
+            z = q.rsample(1)
             rec = model.log_likelihood(batch, z)[0]
             aux = self.aux_loss(model, batch, z[0])
             kl_term = kl.mean()

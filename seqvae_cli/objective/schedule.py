@@ -6,7 +6,6 @@ import math
 from omegaconf import DictConfig
 
 
-
 class KLSchedule:
     """The weight on the KL term: beta * anneal(t), t counted in steps or epochs (fractional)."""
 

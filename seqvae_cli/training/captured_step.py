@@ -25,6 +25,8 @@ from typing import Callable
 
 import torch
 
+from seqvae_cli.errors import SeqvaeError
+
 from seqvae_cli.data.base import Batch
 
 WARMUP_STEPS = 3
@@ -77,3 +79,16 @@ class CapturedStep:
         # The warm-up's stream: libraries that cache handles per stream (cuBLAS workspaces) found theirs there.
         with torch.cuda.graph(self.graph, stream=self.side):
             self.outputs = self.step(self.inputs, self.kl_weight)
+
+
+def cuda_graph_choice(setting: object, device: torch.device, kind: str, why_not_eager: list[str]) -> bool:
+    """Whether the training step is captured as a CUDA graph (trainer.cuda_graphs: auto | true | false).
+    auto: on CUDA, for image data (fixed-shape batches), when nothing in why_not_eager rules it out;
+    true: wherever it can run, else a config error naming why."""
+    if setting is False or (setting == "auto" and (device.type != "cuda" or kind != "image")):
+        return False
+    reasons = ([] if device.type == "cuda" else [f"it needs a CUDA device (this run is on {device.type})"]) + \
+        why_not_eager
+    if reasons and setting is True:
+        raise SeqvaeError(f"config error: trainer.cuda_graphs=true but {reasons[0]}; use trainer.cuda_graphs=auto")
+    return not reasons

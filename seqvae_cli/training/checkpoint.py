@@ -1,5 +1,5 @@
 """Checkpoints: written atomically, sealed with a checksum, read with weights_only=True, and rebuilt into a
-runnable model only through seqvae's own registered parts (registry.py).
+runnable model only through seqvae's own registered parts (parts.py).
 
 A checkpoint carries everything needed to continue or score a run without the original command:
 the resolved config, model/optimiser/scheduler state, step and epoch, every RNG state, the data
@@ -22,8 +22,6 @@ from seqvae_cli.models.base import LatentModel
 from seqvae_cli.parts import build_part, check_parts
 
 FORMAT = "seqvae-checkpoint-1"
-
-
 CHECKSUM = "sha256"
 
 

@@ -23,10 +23,8 @@ RUN_STAMP_ENV = "SEQVAE_RUN_STAMP"
 
 
 # A rank whose collective failed because another rank died exits with this code and says nothing: the rank that
-# died is the news, and launch.py reports it in one line.
+# died is the news, and cli/launch.py reports it in one line.
 PEER_LOST_EXIT = 3
-
-
 _PEER_LOST = ("Connection reset by peer", "Connection closed by peer", "Broken pipe", "NCCL communicator was aborted")
 
 

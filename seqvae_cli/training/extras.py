@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import copy
 import math
 from typing import Iterator
@@ -10,8 +11,11 @@ from typing import Iterator
 import torch
 
 from seqvae_cli.data.base import Batch
+from seqvae_cli.evaluation.evaluate import split_mutual_information
 from seqvae_cli.models.base import LatentModel, eval_mode
 from seqvae_cli.objective.elbo import Objective
+
+log = logging.getLogger("seqvae")
 
 class WeightAverage:
     """An average of the training weights over optimiser steps, kept in a copy of the model.
@@ -121,11 +125,54 @@ def split_encoder_decoder(model: LatentModel, objective: Objective,
     # Eval mode: no dropout, so which parameters are reached does not depend on it, and no RNG is drawn.
     # cuDNN refuses an RNN backward in eval mode; the native kernels reach the same parameters.
     with eval_mode(model), torch.enable_grad(), torch.backends.cudnn.flags(enabled=False):
-        mu, logvar = model.encode(batch)
-        reached_by_q = torch.autograd.grad(mu.sum() + logvar.sum(), params, allow_unused=True)
-        z = mu.detach().unsqueeze(0)
+        q = model.posterior(batch)
+        reached_by_q = torch.autograd.grad(sum(t.sum() for t in q.tensors()), params, allow_unused=True)
+        z = q.mean.detach().unsqueeze(0)
         decoder_side = model.log_likelihood(batch, z).sum() + objective.aux_loss(model, batch, z[0]).sum()
         reached_by_p = torch.autograd.grad(decoder_side, params, allow_unused=True)
     encoder = [p for p, gq, gp in zip(params, reached_by_q, reached_by_p) if gq is not None and gp is None]
     ids = {id(p) for p in encoder}
     return encoder, [p for p in params if id(p) not in ids]
+
+
+class AggressiveSteps:
+    """The Trainer's side of He et al.'s aggressive training: the encoder's inner loop and the epoch-end switch."""
+
+    def fresh_batches(self) -> Iterator[Batch]:
+        """Endless shuffled training batches for the encoder's inner loop, from its own shuffle stream."""
+        while True:
+            yield from self.dm.train_batches(self.aggressive.shuffle_gen, self.data_gen,
+                                             self.cfg.trainer.limit_train_batches)
+
+    def catch_up_encoder(self, batch: Batch, fresh: Iterator[Batch]) -> int:
+        """The inner loop: update the encoder alone (decoder held fixed), first on this step's batch, then on
+        fresh ones, until the mean loss of a window of check_every updates is above the window before's, at
+        most max_inner_steps updates. Losses are per token for text (as He et al.), else per example.
+        Returns the number of updates made."""
+        aggressive = self.aggressive
+        window_loss, window_count, previous = 0.0, 0, math.inf
+        with frozen(aggressive.decoder_params):
+            for done in range(1, aggressive.max_inner_steps + 1):
+                if done > 1:
+                    batch = next(fresh)
+                loss = float(self.optimizer_update(batch, self.objective.kl_weight(self.step)).loss.detach())
+                window_loss += loss * batch["x"].shape[0]
+                window_count += int(batch["lengths"].sum()) if "lengths" in batch else batch["x"].shape[0]
+                if done % aggressive.check_every == 0:
+                    current = window_loss / window_count
+                    if current > previous:
+                        break
+                    previous, window_loss, window_count = current, 0.0, 0
+        return done
+
+    def end_aggressive_epoch(self) -> None:
+        """He et al.'s switch: aggressive training stops after the first epoch whose validation I(x;z) falls."""
+        before = self.aggressive.last_mutual_info
+        mutual_info = split_mutual_information(self.model, self.dm, "val", self.cfg.trainer.limit_val_batches)
+        self.writer.add_scalar("train/aggressive_val_mutual_info", mutual_info, self.step)
+        if self.aggressive.end_epoch(mutual_info):
+            log.info("epoch %d: validation I(x;z) %.4f; aggressive encoder training continues", self.epoch,
+                     mutual_info)
+        else:
+            log.info("epoch %d: validation I(x;z) %.4f fell below %.4f; aggressive encoder training is off from "
+                     "here", self.epoch, mutual_info, before)

@@ -17,8 +17,6 @@ log = logging.getLogger("seqvae")
 
 # The shell's convention for a process ended by signal N: exit status 128 + N.
 EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
-
-
 NAMES = {signal.SIGINT: "Ctrl-C (SIGINT)", signal.SIGTERM: "SIGTERM"}
 
 

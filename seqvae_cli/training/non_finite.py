@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from omegaconf import DictConfig, OmegaConf
 
 
-
 # What a resumed run may change (trainer.CHANGEABLE_ON_RESUME): any other cure needs a new run.
 RESUMABLE_KEYS = ("optim.lr", "optim.grad_clip")
 
@@ -25,8 +24,6 @@ RESUMABLE_KEYS = ("optim.lr", "optim.grad_clip")
 # The largest learning rate a cure suggests: Adam's default and this project's. Dividing an absurd lr (1e30) by 10
 # would take thirty stops to reach a sane one.
 SAFE_LR = 1e-3
-
-
 SAFE_GRAD_CLIP = 5.0
 
 

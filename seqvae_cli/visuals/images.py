@@ -12,12 +12,7 @@ from torch.utils.tensorboard import SummaryWriter
 from torchvision.utils import make_grid, save_image
 
 from seqvae_cli.data.base import DataModule
-from seqvae_cli.latent.gaussian import gaussian_kl
 from seqvae_cli.models.base import LatentModel, eval_mode
-
-def _fixed_normal(shape: tuple, device: torch.device, seed: int = 1234) -> torch.Tensor:
-    gen = torch.Generator().manual_seed(seed)
-    return torch.randn(shape, generator=gen).to(device)
 
 
 def _first_batch(dm: DataModule, split: str, n: int) -> dict:
@@ -30,14 +25,15 @@ def _as_images(x: torch.Tensor, dm: DataModule) -> torch.Tensor:
 
 @torch.no_grad()
 def image_prior_samples(model: LatentModel, dm: DataModule, n: int = 64, seed: int = 1234) -> torch.Tensor:
-    return _as_images(model.decode_mean(_fixed_normal((n, model.latent_dim), dm.device, seed)), dm)
+    z = model.prior.sample(n, torch.Generator().manual_seed(seed), dm.device)
+    return _as_images(model.decode_mean(z), dm)
 
 
 @torch.no_grad()
 def image_reconstructions(model: LatentModel, dm: DataModule, n: int = 16, split: str = "val") -> torch.Tensor:
     """Rows of 8: inputs, then their reconstructions (decoder mean at the posterior mean)."""
     x = _first_batch(dm, split, n)["x"]
-    mu, _ = model.encode({"x": x})
+    mu = model.posterior({"x": x}).mean
     rec = model.decode_mean(mu)
     rows = []
     for i in range(0, n, 8):
@@ -49,7 +45,7 @@ def image_reconstructions(model: LatentModel, dm: DataModule, n: int = 16, split
 def image_interpolation(model: LatentModel, dm: DataModule, steps: int = 10, split: str = "test") -> torch.Tensor:
     """Linear paths in latent space between pairs of test images (one row per pair, endpoints included)."""
     x = _first_batch(dm, split, 16)["x"]
-    mu, _ = model.encode({"x": x})
+    mu = model.posterior({"x": x}).mean
     alphas = torch.linspace(0, 1, steps, device=mu.device).view(1, steps, 1)
     starts, ends = mu[0:16:2].unsqueeze(1), mu[1:16:2].unsqueeze(1)
     z = (1 - alphas) * starts + alphas * ends
@@ -63,8 +59,10 @@ def image_traversal(model: LatentModel, dm: DataModule, span: float = 3.0, steps
     others fixed. Rows go from the dimension with the largest mean KL over the split's first batch down (the
     inactive ones, whose rows barely change, come last); max_dims keeps only that many rows (None = all)."""
     batch = _first_batch(dm, split, dm.eval_batch_size)
-    mu, logvar = model.encode(batch)
-    order = gaussian_kl(mu, logvar).mean(0).argsort(descending=True)[:max_dims]
+    q = model.posterior(batch)
+    mu = q.mean
+    per_dim = q.kl_per_dim(model.prior)   # without a closed form, the spread of the codes ranks the dimensions
+    order = (per_dim.mean(0) if per_dim is not None else mu.var(0)).argsort(descending=True)[:max_dims]
     values = torch.linspace(-span, span, steps, device=mu.device)
     z = mu[:1].repeat(len(order) * steps, 1).view(len(order), steps, -1)
     for row, d in enumerate(order.tolist()):
@@ -90,7 +88,7 @@ def latent_scatter(model: LatentModel, dm: DataModule, path: Path, split: str = 
     import matplotlib.pyplot as plt
     mus, labels, n = [], [], 0
     for batch in dm.eval_batches(split):
-        mus.append(model.encode(batch)[0]), labels.append(batch["y"])
+        mus.append(model.posterior(batch).mean), labels.append(batch["y"])
         n += batch["x"].shape[0]
         if n >= points:
             break

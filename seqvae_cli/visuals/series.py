@@ -23,11 +23,7 @@ from seqvae_cli.memory import check_fits, forecast_sample_bytes
 from seqvae_cli.models.base import eval_mode
 
 MAX_SERIES_PLOTS = 4      # windowed data: at most this many series in anomaly_scores.png
-
-
 MAX_FORECAST_PLOTS = 3    # forecasts: windows drawn (all `forecast_windows` are scored)
-
-
 DRAWN_SAMPLES = 20        # forecasts: thin lines of this many sampled continuations (all enter median/band)
 
 
@@ -115,9 +111,8 @@ def _channel_legend(fig, dm) -> None:
 
 @torch.no_grad()
 def prior_samples_figure(model, dm, n: int = 16, seed: int = 1234):
-    """Decoder means of n draws z ~ N(0, I)."""
-    gen = torch.Generator().manual_seed(seed)
-    z = torch.randn(n, model.latent_dim, generator=gen).to(dm.device)
+    """Decoder means of n draws from the prior."""
+    z = model.prior.sample(n, torch.Generator().manual_seed(seed), dm.device)
     x = _units(dm, model.decode_mean(z))
     fig, ax = _cell_grid(x)
     units = " (units of series 0)" if len(getattr(dm, "series_names", [])) > 1 else ""
@@ -131,7 +126,7 @@ def prior_samples_figure(model, dm, n: int = 16, seed: int = 1234):
 def reconstruction_figure(model, dm, split: str = "val", n: int = 16):
     """Inputs (black) and their reconstructions (decoder mean at the posterior mean, colour)."""
     batch = _first(dm, split, n)
-    mu, _ = model.encode(batch)
+    mu = model.posterior(batch).mean
     rec = model.decode_mean(mu)
     mse = (rec - batch["x"]).pow(2).mean((-2, -1)).cpu()
     x, r = _units(dm, batch["x"], batch["series"]), _units(dm, rec, batch["series"])
@@ -153,7 +148,7 @@ def interpolation_figure(model, dm, split: str = "test", steps: int = 10):
     batch = _first(dm, split, 2)
     if batch["x"].shape[0] < 2:
         raise SeqvaeError(f"the {split} split holds fewer than 2 sequences: nothing to interpolate between")
-    mu, _ = model.encode(batch)
+    mu = model.posterior(batch).mean
     alphas = torch.linspace(0, 1, steps, device=mu.device).unsqueeze(1)
     path = model.decode_mean((1 - alphas) * mu[0] + alphas * mu[1])
     series = batch["series"][:1].expand(steps)
@@ -262,8 +257,8 @@ def anomaly_score_figure(model, dm, split: str = "test", score: str = "neg_elbo"
     from seqvae_cli.evaluation.evaluate import evaluate
     plt = _pyplot()
     iw = dm.eval_iw_samples if score == "iw_nll" else 0
-    metrics = evaluate(model, dm, split, iw_samples=iw, with_mutual_info=False)
-    scores = pick_score(metrics["_per_example"], score)
+    result = evaluate(model, dm, split, iw_samples=iw, with_mutual_info=False)
+    scores = pick_score(result.per_example, score)
     parts = dm.split_series(split)
     per_timestamp = dm.timestamp_scores(scores, split)
     shown = list(zip(parts, per_timestamp))[:MAX_SERIES_PLOTS]

@@ -13,6 +13,7 @@ from seqvae_cli.memory import check_fits, decoding_row_bytes
 from seqvae_cli.models.base import eval_mode
 from seqvae_cli.models.decoding import decode, homotopy, to_text
 
+
 def _markdown(lines: list[str]) -> str:
     # TensorBoard renders text as markdown: indent by four spaces to keep <unk>, <eos> and spacing literal.
     return "\n".join("    " + line for entry in lines for line in entry.split("\n"))
@@ -26,7 +27,7 @@ def prior_sentences(model, dm, n: int, seed: int, strategy: str = "greedy", max_
         out = decode(model, None, n=n, strategy=strategy, max_len=max_len,
                      generator=_device_generator(dm, seed), **kwargs)
     else:
-        z = torch.randn(n, model.latent_dim, generator=gen).to(dm.device)
+        z = model.prior.sample(n, gen, dm.device)
         out = decode(model, z, strategy=strategy, max_len=max_len, generator=_device_generator(dm, seed), **kwargs)
     return to_text(dm, out)
 
@@ -40,7 +41,7 @@ def reconstructions(model, dm, sentences: list[str], strategy: str = "greedy", m
                     beam_width: int = 5, length_penalty: float = 0.0, progress: str | None = None) -> list[str]:
     """Decode each sentence from its posterior mean."""
     batch = dm.batch_from_sentences(sentences)
-    mu, _ = model.encode(batch)
+    mu = model.posterior(batch).mean
     return to_text(dm, decode(model, mu, strategy=strategy, max_len=max_len, beam_width=beam_width,
                               length_penalty=length_penalty, progress=progress))
 
@@ -115,7 +116,7 @@ def sample(model, dm, cfg, out_dir: Path, writer: SummaryWriter, step: int) -> l
         files["reconstructions"] = [f"input : {s}\nread  : {k}\ngreedy: {g}\nbeam  : {b}\n"
                                     for s, k, g, b in zip(inputs, known, greedy_out, beam_out)]
         ends = inputs[:2] if len(inputs) >= 2 else _some_sentences(dm, cfg.split, 2)
-        mu, _ = model.encode(dm.batch_from_sentences(ends))
+        mu = model.posterior(dm.batch_from_sentences(ends)).mean
         path = homotopy(mu[0], mu[1], cfg.interpolation_steps)
         decoded = decode(model, path, max_len=cfg.max_len, progress="homotopy")
         files["homotopy"] = [f"from: {ends[0]}"] + to_text(dm, decoded) + [f"to  : {ends[1]}"]

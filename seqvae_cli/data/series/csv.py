@@ -19,8 +19,6 @@ from seqvae_cli.errors import SeqvaeError
 MISSING_MARKERS = frozenset({"", "nan", "na", "n/a", "null", "none", "-"})
 
 
-
-
 # ------------------------------------------------------------------------------------ CSV reading
 
 def _is_missing(cell: str) -> bool:

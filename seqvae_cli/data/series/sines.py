@@ -11,6 +11,7 @@ from seqvae_cli.data.series.base import Loaded, SeriesData, SplitArrays
 from seqvae_cli.data.series.windows import SPLITS, check
 from seqvae_cli.errors import SeqvaeError
 
+
 # ------------------------------------------------------------------------------------------- sines
 
 def make_sines(n: int, seq_len: int, channels: int, gen: torch.Generator, frequency: Sequence[float],

@@ -10,8 +10,10 @@ import numpy as np
 import torch
 
 from seqvae_cli.data.series.base import Loaded, SeriesData, SplitArrays
-from seqvae_cli.data.series.windows import SPLITS, check, sliding_windows, window_labels, window_scores_to_timestamps, window_starts
+from seqvae_cli.data.series.windows import (SPLITS, check, sliding_windows, window_labels, window_scores_to_timestamps,
+                                            window_starts)
 from seqvae_cli.errors import SeqvaeError
+
 
 # ------------------------------------------------------------------------------ windowed long series
 

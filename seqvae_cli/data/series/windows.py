@@ -15,8 +15,6 @@ from seqvae_cli.errors import SeqvaeError
 # 3.4e38): 1e30 leaves room for both, and no sensor reads that much.
 MAX_ABS_VALUE = 1e30
 SPLITS = ("train", "val", "test")
-
-
 UNKNOWN = -1
 
 
