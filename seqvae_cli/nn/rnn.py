@@ -1,8 +1,6 @@
-"""Sequence models: the Bowman et al. (2016) sentence VAE (LSTMVAE) and its latent-free baseline (LSTMLM), and
-the time-series LSTM-VAE (SeriesLSTMVAE: Gaussian outputs, forecasting by sampling). model=lstm_vae builds
-either one from what the data gives (the lstm_vae factory at the end of this file).
+"""The recurrent building blocks of the sequence models (models/sentence_vae.py, lstm_lm.py, series_vae.py).
 
-The pieces are separable so the time-series models can reuse the recurrent parts with real-valued
+The pieces are separable so the time-series model reuses the recurrent parts with real-valued
 inputs and a Gaussian output head:
 
   TokenIO     the token "heads": embedding (+ embedding dropout, word dropout) and the output

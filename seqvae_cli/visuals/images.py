@@ -1,4 +1,4 @@
-"""Pictures of a trained model, by data kind: during training (TensorBoard), at its end and for `seqvae sample`.
+"""What image models show: during training (TensorBoard), at its end and for `seqvae sample`.
 
 Each function draws its own noise from a fixed generator, so figures are comparable from one
 validation to the next and drawing them never shifts the training RNG.
