@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -141,3 +142,11 @@ def test_a_module_that_cannot_be_imported_stops_the_command_in_one_line(tmp_path
     assert_one_error_line(proc, "SEQVAE_PARTS names no_such_module_xyz, which cannot be imported",
                           "put its folder on PYTHONPATH")
     assert not (tmp_path / "run").exists()     # stopped before Hydra made the run folder
+
+
+def test_the_documented_example_is_the_toy_of_these_tests():
+    """docs/extending.md shows tests/toy_parts.py and its YAML: what is documented is what is tested."""
+    doc = (TESTS.parent / "docs" / "extending.md").read_text()
+    (code,) = re.findall(r"```python\n(.*?)```", doc, flags=re.S)
+    (yaml,) = re.findall(r"```yaml\n(.*?)```", doc, flags=re.S)
+    assert code.strip() in (TESTS / "toy_parts.py").read_text() and yaml == TOY_YAML
