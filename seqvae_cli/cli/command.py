@@ -147,6 +147,10 @@ def main() -> None:
         sys.exit(2)
     claimed = None
     try:
+        # The user's plugin parts ($SEQVAE_PARTS, entry points): a module that fails to import stops the command
+        # here, before Hydra creates a run folder (check_parts imports them too, for in-process callers).
+        from seqvae_cli.parts import load_plugins
+        load_plugins()
         check_overrides(verb, rest)
         if verb == "train" and not distributed.launched_by_torchrun():
             claimed = claim_run_folder(rest)

@@ -12,8 +12,18 @@ from seqvae_cli.errors import SeqvaeError
 from seqvae_cli.training.distributed import RUN_STAMP_ENV
 from seqvae_cli.training.runfolder import is_seqvae_run, not_writable_reason
 
-# conf/ at the top of the repository (the project's design card).
-CONF_DIR = str(Path(__file__).resolve().parent.parent.parent / "conf")
+
+def conf_dir() -> Path:
+    """The folder of seqvae's Hydra configs. conf/ lives at the top of the repository (the project's design card),
+    which an installed wheel does not have around it: the wheel carries conf/ as seqvae_cli/conf (pyproject.toml's
+    package-dir). So the installed copy comes first; a source checkout or an editable install has none, and uses
+    the repository's own conf/."""
+    package = Path(__file__).resolve().parent.parent
+    installed = package / "conf"
+    return installed if installed.is_dir() else package.parent / "conf"
+
+
+CONF_DIR = str(conf_dir())
 
 
 def _run_dir(task_name: str, run_dir: str | None, checkpoint: str | None) -> str:
