@@ -21,7 +21,7 @@ from seqvae_cli.config.rules import is_bf16
 from seqvae_cli.config.runtime import pick_device
 from seqvae_cli.data.base import Batch, DataModule
 from seqvae_cli.errors import SeqvaeError
-from seqvae_cli.latent.gaussian import gaussian_log_density, sample_posterior
+from seqvae_cli.latent.posterior import Posterior
 from seqvae_cli.models.base import LatentModel, eval_mode
 
 SPLITS = ("train", "val", "test")
@@ -38,24 +38,6 @@ def load(run: str | Path, checkpoint: str = "best", device: str | torch.device =
     torch_device = device if isinstance(device, torch.device) else pick_device(str(device))
     cfg, dm, model, state = load_run(run_dir, chosen, torch_device, root or "./data", data_dir_is_default=not root)
     return Run(cfg, dm, model, resolve_checkpoint(run_dir, chosen), int(state["epoch"]), int(state["step"]))
-
-
-class Posterior:
-    """q(z|x) of a batch, a diagonal Gaussian: `.mean` [B, D], `.stddev`, `.rsample(n)` -> [n, B, D] and
-    `.log_prob(z)` -> [..., B] (summed over dimensions)."""
-
-    def __init__(self, mean: torch.Tensor, logvar: torch.Tensor) -> None:
-        self.mean, self.logvar = mean, logvar
-
-    @property
-    def stddev(self) -> torch.Tensor:
-        return (0.5 * self.logvar).exp()
-
-    def rsample(self, n: int = 1) -> torch.Tensor:
-        return sample_posterior(self.mean, self.logvar, n)
-
-    def log_prob(self, z: torch.Tensor) -> torch.Tensor:
-        return gaussian_log_density(z, self.mean, self.logvar)
 
 
 class Run:
@@ -83,16 +65,15 @@ class Run:
     def encode(self, x: Batch | torch.Tensor | str | Sequence[str], full: bool = False) -> torch.Tensor | Posterior:
         """The posterior means [B, D] of a batch (run.batch), of rows of data (images: [B, 784] or [B, 1, 28, 28];
         series: [B, T, C]) or, for text, of sentences (a string or a list of strings). full=True: the whole
-        posterior (Posterior: .mean, .stddev, .rsample(n), .log_prob(z))."""
+        posterior (a latent.posterior.Posterior: .mean, .rsample(n), .log_prob(z), .kl(prior); the Gaussian's also
+        .mu and .logvar)."""
         self._needs_latent("encode")
         posterior = self._posterior(self._as_batch(x))
         return posterior if full else posterior.mean
 
     def _posterior(self, batch: Batch) -> Posterior:
-        # The one call of the model's encoder here: when models return their posterior (model.posterior(batch),
-        # with .mean, .rsample(n), .log_prob(z)), this line becomes `return self.model.posterior(batch)`.
         with eval_mode(self.model):
-            return Posterior(*self.model.encode(batch))
+            return self.model.posterior(batch)
 
     # ------------------------------------------------------------------------------------------- decoder
     @torch.no_grad()
@@ -122,7 +103,7 @@ class Run:
                 raise SeqvaeError("this run's model has no latent variable: there is nothing to sample from a prior")
             decoding.setdefault("strategy", "sample")   # a language model: greedy would give one sentence n times
             return self._sentences(None, n, seed=seed, **decoding)
-        z = torch.randn(n, self.model.latent_dim, generator=torch.Generator().manual_seed(seed)).to(self.device)
+        z = self.model.prior.sample(n, torch.Generator().manual_seed(seed), self.device)
         return self.decode(z, seed=seed, **decoding)
 
     def _sentences(self, z: torch.Tensor | None, n: int, strategy: str = "greedy", max_len: int = 50,
@@ -140,15 +121,15 @@ class Run:
         """The metrics `seqvae eval split=SPLIT iw_samples=K limit_examples=LIMIT batch_size=... seed=...` prints
         (same defaults: iw_samples None = the dataset's data.eval_iw_samples; limit None = the whole split), from
         the same code, so the numbers are the same. Time series write no CSV files from here."""
-        from seqvae_cli.evaluation.evaluate import evaluate, public
+        from seqvae_cli.evaluation.evaluate import evaluate
         self._check_split(split)
         batches = None
         if limit:   # as eval_app: equal batches that add up to `limit` examples (exactly when it divides evenly)
             batches = math.ceil(limit / batch_size)
             batch_size = math.ceil(limit / batches)
-        metrics = public(evaluate(self.model, self.data, split, iw_samples=iw_samples or self.data.eval_iw_samples,
-                                  limit=batches, batch_size=batch_size, rows_per_chunk=rows_per_chunk, seed=seed,
-                                  iw_bf16=is_bf16(iw_precision), score=score))
+        metrics = evaluate(self.model, self.data, split, iw_samples=iw_samples or self.data.eval_iw_samples,
+                           limit=batches, batch_size=batch_size, rows_per_chunk=rows_per_chunk, seed=seed,
+                           iw_bf16=is_bf16(iw_precision), score=score).metrics
         if "iw_nll" in metrics:
             metrics["iw_precision"] = str(iw_precision)
         return metrics

@@ -72,6 +72,10 @@ class DiagonalGaussian(Posterior):
     def mean(self) -> torch.Tensor:
         return self.mu
 
+    @property
+    def stddev(self) -> torch.Tensor:
+        return (0.5 * self.logvar).exp()
+
     def float(self) -> "DiagonalGaussian":
         """In float32: under bf16 autocast the heads give bfloat16, and KLs and bounds are summed in float32."""
         return DiagonalGaussian(self.mu.float(), self.logvar.float())
