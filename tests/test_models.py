@@ -6,6 +6,8 @@ import torch
 from torch.nn import functional as F
 from hydra import compose, initialize_config_dir
 
+from seqvae_cli.latent.posterior import DiagonalGaussian
+from seqvae_cli.latent.prior import StandardNormal
 from seqvae_cli.config.runtime import register_resolvers
 from seqvae_cli.models.base import eval_mode
 from seqvae_cli.models.mlp_vae import MLPAutoencoder, MLPVAE
@@ -178,10 +180,11 @@ def test_eval_mode_turns_dropout_off_and_gives_the_mode_back_even_after_an_error
 class _CodeImages:
     """A stand-in image model whose 'image' is its code: shows which latent dimension each traversal row moves."""
     latent_dim = 3
+    prior = StandardNormal(3)
 
-    def encode(self, batch):
+    def posterior(self, batch):
         mu = torch.tensor([[0.1, 2.0, 0.5]]).expand(batch["x"].shape[0], 3)   # KL per dim: 0.005, 2, 0.125
-        return mu, torch.zeros_like(mu)
+        return DiagonalGaussian(mu, torch.zeros_like(mu))
 
     def decode_mean(self, z):
         return 0.5 + 0.1 * z

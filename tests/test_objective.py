@@ -173,10 +173,11 @@ class Posterior(LatentModel):
     def __init__(self, mu, logvar):
         super().__init__()
         self.mu, self.logvar = torch.nn.Parameter(mu), torch.nn.Parameter(logvar)
+        self.prior = StandardNormal(self.latent_dim)
 
-    def encode(self, batch):
+    def posterior(self, batch):
         b = batch["x"].shape[0]
-        return self.mu.expand(b, -1), self.logvar.expand(b, -1)
+        return DiagonalGaussian(self.mu.expand(b, -1), self.logvar.expand(b, -1))
 
     def log_likelihood(self, batch, z):
         return torch.zeros(z.shape[:2])

@@ -19,6 +19,8 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from conftest import CONF_DIR, DATA_DIR, compose_train_config, describe, run_seqvae
+from seqvae_cli.latent.posterior import DiagonalGaussian
+from seqvae_cli.latent.prior import StandardNormal
 from seqvae_cli.evaluation.baselines import rolling_zscore_scores
 from seqvae_cli.evaluation.ranking import auprc, auroc
 from seqvae_cli.data.series.csv import CSVData
@@ -202,10 +204,11 @@ class Oracle(LatentModel):
     def __init__(self) -> None:
         super().__init__()
         self.unused = nn.Parameter(torch.zeros(1))
+        self.prior = StandardNormal(1)
 
-    def encode(self, batch):
+    def posterior(self, batch):
         zeros = batch["x"].new_zeros(batch["x"].shape[0], 1)
-        return zeros, zeros
+        return DiagonalGaussian(zeros, zeros)
 
     def log_likelihood(self, batch, z):
         ll = gaussian_log_prob(batch["x"], torch.zeros(()), torch.zeros(())).sum((-2, -1))
