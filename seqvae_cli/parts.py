@@ -32,6 +32,11 @@ from seqvae_cli.data.series.nab import NABData
 from seqvae_cli.data.series.sines import SinesData
 from seqvae_cli.data.text import TextData
 from seqvae_cli.errors import SeqvaeError
+from seqvae_cli.latent.flow import IAFPosterior, PlanarPosterior
+from seqvae_cli.latent.mog import MixturePrior
+from seqvae_cli.latent.posterior import GaussianPosterior
+from seqvae_cli.latent.prior import StandardNormal
+from seqvae_cli.latent.vamp import VampPrior
 from seqvae_cli.models.base import LatentModel
 from seqvae_cli.models.lstm_lm import LSTMLM
 from seqvae_cli.models.lstm_vae import lstm_vae
@@ -50,6 +55,9 @@ class Slot:
 SLOTS: dict[str, Slot] = {
     "data": Slot("a data module (seqvae_cli.data.base.DataModule)"),
     "model": Slot("a model (seqvae_cli.models.base.LatentModel)"),
+    # Runs from before these slots have no prior/posterior node: they trained with the standard normal and the Gaussian.
+    "prior": Slot("a prior p(z) (seqvae_cli.latent.prior.Prior)", required=False),
+    "posterior": Slot("a posterior head, h -> q(z|x) (seqvae_cli.latent.posterior)", required=False),
 }
 
 # The slot -> {name: class}: each part under its short name, its full dotted path and any former path.
@@ -96,6 +104,8 @@ def register(slot: str, cls: Part | None = None, name: str | None = None) -> Any
 BUILTIN: dict[str, tuple[Callable[..., Any], ...]] = {
     "data": (MNISTData, TextData, SinesData, ECG5000Data, NABData, CSVData),
     "model": (MLPVAE, MLPAutoencoder, LSTMLM, lstm_vae),
+    "prior": (StandardNormal, MixturePrior, VampPrior),
+    "posterior": (GaussianPosterior, PlanarPosterior, IAFPosterior),
 }
 for _slot, _classes in BUILTIN.items():
     for _cls in _classes:
@@ -218,19 +228,29 @@ def _directives(node: Any, path: str):
             yield from _directives(value, f"{path.rstrip('.')}[{index}].")
 
 
-def build_part(node: DictConfig | dict, slot: str, source: str = "the config", **extra: Any
-               ) -> DataModule | LatentModel | Any:
-    """The registered class `node._target_` names, called with the node's plain values and `extra` (which win).
-    Call check_parts on the whole config first; this re-checks its own node. A SeqvaeError raised by the
-    constructor reaches the user as it is."""
+def part_factory(node: DictConfig | dict, slot: str, source: str = "the config") -> Callable[..., Any]:
+    """The registered class `node._target_` names, with the node's plain values bound: call it with the values only
+    the builder knows (sizes from the data or the model), which win. Its `func` is the class. Call check_parts on
+    the whole config first; this re-checks its own node. A SeqvaeError raised by the constructor reaches the user
+    as it is."""
     values = plain(node, source)
     check_parts({slot: values}, source, slots=(slot,))
     values = dict(values)     # a copy: the caller's node keeps its _target_
     cls = PARTS[slot][values.pop("_target_")]
-    values.update(extra)
-    try:
-        inspect.signature(cls).bind(**values)
-    except TypeError as exc:
-        raise SeqvaeError(f"{source}: {slot} ({cls.__name__}) cannot be built from its keys: {exc}; check the "
-                          f"{slot}.* keys (`seqvae train --cfg job` prints a valid config)") from None
-    return cls(**values)
+
+    def make(**extra: Any) -> Any:
+        kwargs = {**values, **extra}
+        try:
+            inspect.signature(cls).bind(**kwargs)
+        except TypeError as exc:
+            raise SeqvaeError(f"{source}: {slot} ({cls.__name__}) cannot be built from its keys: {exc}; check the "
+                              f"{slot}.* keys (`seqvae train --cfg job` prints a valid config)") from None
+        return cls(**kwargs)
+    make.func = cls
+    return make
+
+
+def build_part(node: DictConfig | dict, slot: str, source: str = "the config", **extra: Any
+               ) -> DataModule | LatentModel | Any:
+    """The part `node` names, built now (part_factory, called with `extra`)."""
+    return part_factory(node, slot, source)(**extra)

@@ -46,8 +46,9 @@ def test_register_works_as_a_decorator_and_refuses_a_taken_name(registry):
     assert registry["model"]["tiny"] is registry["model"][f"{__name__}.{Tiny.__qualname__}"] is Tiny
     with pytest.raises(SeqvaeError, match=r"the name 'MLPVAE' is already model part seqvae_cli\.models\.mlp_vae"):
         parts.register("model", Tiny, name="MLPVAE")
-    with pytest.raises(SeqvaeError, match=r"register\('prior', 'Tiny'\): no such slot; the slots are data, model"):
-        parts.register("prior", Tiny)
+    with pytest.raises(SeqvaeError, match=r"register\('decoder', 'Tiny'\): no such slot; the slots are data, model, "
+                                          r"prior, posterior"):
+        parts.register("decoder", Tiny)
 
 
 def test_seqvae_parts_imports_the_named_modules_before_the_check(registry, monkeypatch):

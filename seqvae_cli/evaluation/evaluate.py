@@ -50,17 +50,17 @@ def iw_log_likelihood(model: LatentModel, batch: Batch, num_samples: int, rows_p
     bf16: the decoder passes under bfloat16 autocast (the densities and log-sum-exp stay float32).
     progress: a bar over the samples once the pass has run IW_PROGRESS_AFTER_S seconds."""
     q = model.posterior(batch) if posterior is None else posterior
-    device_type = q.mean.device.type
-    per_chunk = max(1, rows_per_chunk // q.mean.shape[0])
+    device_type = q.base.mu.device.type
+    per_chunk = max(1, rows_per_chunk // q.base.mu.shape[0])
     chunks, done = [], 0
     with tqdm(total=num_samples, desc="importance samples", unit="sample", delay=IW_PROGRESS_AFTER_S,
               leave=False, disable=not progress) as bar:
         while done < num_samples:
             s = min(per_chunk, num_samples - done)
-            z = q.rsample(s)
+            z, log_q = q.rsample_and_log_prob(s)
             with torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16):
                 log_px = model.log_likelihood(batch, z).float()
-            log_w = log_px + model.prior.log_prob(z) - q.log_prob(z)
+            log_w = log_px + model.prior.log_prob(z) - log_q
             chunks.append(torch.logsumexp(log_w, 0))
             if len(chunks) == MAX_PENDING_CHUNKS:
                 chunks = [torch.logsumexp(torch.stack(chunks), 0)]
@@ -74,7 +74,7 @@ def split_mutual_information(model: LatentModel, dm: DataModule, split: str,
                              limit: int | float | None = None) -> float:
     """I(x;z) over `split` (Posterior.mutual_information) from an encoder-only pass: no decoder, no other metric."""
     with eval_mode(model):
-        posteriors = [model.posterior(batch) for batch in dm.eval_batches(split, None, limit)]
+        posteriors = [model.posterior(batch).base for batch in dm.eval_batches(split, None, limit)]
     return type(posteriors[0]).cat(posteriors).mutual_information()
 
 
@@ -144,13 +144,19 @@ def _evaluate(model, dm, split, iw_samples, limit, batch_size, rows_per_chunk, w
                 per["rec"].append(-ll)
                 continue
             q = model.posterior(batch)
-            posteriors.append(q)
+            posteriors.append(q.base)     # active units and MI are measured on the (base) Gaussian
             if model.variational:
-                z = q.rsample(1)
-                kl = q.kl_per_dim(model.prior)
-                sums["kl"] += float(kl.sum())
-                per["kl"].append(kl.sum(1))
-                kl_dims.append(kl.sum(0))
+                closed = q.kl_per_dim(model.prior)
+                if closed is not None:
+                    z = q.rsample(1)
+                    kl, total = closed.sum(1), closed.sum()
+                    kl_dims.append(closed.sum(0))
+                else:   # Monte Carlo at the sample the decoder scores: per-example -ELBO stays an unbiased estimate
+                    z, log_q = q.rsample_and_log_prob(1)
+                    kl = (log_q - model.prior.log_prob(z))[0]
+                    total = kl.sum()
+                sums["kl"] += float(total)
+                per["kl"].append(kl)
                 if iw_samples > 0:
                     iw_ll = iw_log_likelihood(model, batch, iw_samples, rows_per_chunk, q, iw_bf16,
                                               progress=progress and me == 0)
@@ -187,7 +193,7 @@ def _evaluate(model, dm, split, iw_samples, limit, batch_size, rows_per_chunk, w
         return result
     out["kl"] = sums["kl"] / n
     out["neg_elbo"] = out["rec"] + out["kl"]
-    result.kl_per_dim = torch.stack(kl_dims).sum(0) / n
+    result.kl_per_dim = torch.stack(kl_dims).sum(0) / n if kl_dims else None
     if tokens:  # perplexity = exp(total NLL / total tokens); the ELBO gives an upper bound on it
         out["ppl_elbo"] = math.exp(out["neg_elbo"] * n / tokens)
     if iw_samples > 0:

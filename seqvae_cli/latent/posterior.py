@@ -3,15 +3,20 @@
 Everything downstream (the objective, IW-NLL, active units, mutual information, anomaly scores, pictures) reads
 the latent only through a Posterior and the model's Prior (prior.py):
 
-  posterior.mean                   [B, D]     the posterior mean: codes for pictures, active units
+  posterior.mean                   [B, D]     a code per example (the mean, pushed through a flow): for pictures
+  posterior.base                   DiagonalGaussian  the Gaussian a flow starts from (itself for the Gaussian):
+                                              active units and mutual information are measured on it (documented)
   posterior.rsample(S)             [S, B, D]  reparameterised samples
-  posterior.log_prob(z)            [S, B]     log q(z|x), summed over dimensions
+  posterior.rsample_and_log_prob(S)  ([S, B, D], [S, B])  samples and their log q(z|x) (a flow's only density)
+  posterior.log_prob(z)            [S, B]     log q(z|x) of any z, summed over dimensions (families that have it)
+  posterior.push(z0)               [..., D]   a base sample through the flow (the identity for the Gaussian)
   posterior.kl_per_dim(prior)      [B, D]     KL(q || p) per dimension in closed form, or None where there is none
   posterior.mutual_information()   float      I(x; z) over the examples held (the batch, or a whole split joined)
   Posterior.cat(list), .to(device) join a split's batches, move them (DDP gathers)
 
 A posterior *head* is the module that turns the encoder's summary h [B, H] into a Posterior; its parameters are
-the model's. Today's one is the diagonal Gaussian (Kingma & Welling 2014).
+the model's. The families: the diagonal Gaussian here (Kingma & Welling 2014, posterior=gaussian), and flows
+on it (latent/flow.py): planar (Rezende & Mohamed 2015) and IAF (Kingma et al. 2016).
 """
 from __future__ import annotations
 
@@ -27,9 +32,20 @@ class Posterior:
     """A batch of distributions q(z|x_i). Subclasses give what their family has."""
 
     mean: torch.Tensor
+    base: "DiagonalGaussian"
 
     def rsample(self, num_samples: int) -> torch.Tensor:
         raise NotImplementedError
+
+    def rsample_and_log_prob(self, num_samples: int) -> tuple[torch.Tensor, torch.Tensor]:
+        z = self.rsample(num_samples)
+        return z, self.log_prob(z)
+
+    def push(self, z0: torch.Tensor) -> torch.Tensor:
+        return z0
+
+    def float(self) -> "Posterior":
+        return self
 
     def log_prob(self, z: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -58,8 +74,11 @@ class Posterior:
         per_dim = self.kl_per_dim(prior)
         if per_dim is not None:
             return per_dim.sum(-1)
-        z = self.rsample(1) if z is None else z
-        return (self.log_prob(z) - prior.log_prob(z)).mean(0)
+        if z is None:
+            z, log_q = self.rsample_and_log_prob(1)
+        else:
+            log_q = self.log_prob(z)
+        return (log_q - prior.log_prob(z)).mean(0)
 
 
 class DiagonalGaussian(Posterior):
@@ -71,6 +90,10 @@ class DiagonalGaussian(Posterior):
     @property
     def mean(self) -> torch.Tensor:
         return self.mu
+
+    @property
+    def base(self) -> "DiagonalGaussian":
+        return self
 
     @property
     def stddev(self) -> torch.Tensor:

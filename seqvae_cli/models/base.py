@@ -16,13 +16,14 @@ posterior head (h [B, h_size] -> q(z|x)) and the prior; posterior(batch) is then
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 from torch import nn
 
 from seqvae_cli.data.base import Batch
-from seqvae_cli.latent.posterior import GaussianPosterior, Posterior
+from seqvae_cli.errors import SeqvaeError
+from seqvae_cli.latent.posterior import DiagonalGaussian, GaussianPosterior, Posterior
 from seqvae_cli.latent.prior import Prior, StandardNormal
 
 
@@ -51,11 +52,44 @@ class LatentModel(nn.Module):
         super().__init__()
         self._register_load_state_dict_pre_hook(_rename_former_keys)
 
+    # The shape of one input row when the encoder reads fixed-size real vectors (flat image pixels), which
+    # prior=vamp's pseudo-inputs need; None where inputs are tokens or series windows.
+    pseudo_input_shape: tuple[int, ...] | None = None
+
     def add_latent(self, h_size: int, latent_dim: int) -> None:
-        """The posterior head on the encoder's summary (size h_size) and the prior, for a latent of latent_dim.
-        Called where the heads were always created, so that a seed gives the same initial weights."""
+        """The posterior head on the encoder's summary (size h_size) and the prior, for a latent of latent_dim: the
+        Gaussian and the standard normal. Called where the heads were always created, so that a seed gives the
+        same initial weights; use_latent swaps in other families afterwards."""
+        self.latent_h_size = h_size
         self.posterior_head = GaussianPosterior(h_size, latent_dim)
         self.prior = StandardNormal(latent_dim)
+
+    def use_latent(self, prior: Callable[..., Prior] | None = None,
+                   posterior: Callable[..., nn.Module] | None = None) -> None:
+        """Replace the Gaussian head by `posterior(in_features=, latent_dim=)` and the standard normal by
+        `prior(latent_dim=, ...)` (training.checkpoint.build calls it for prior=... / posterior=... other than the
+        defaults). A prior that reads pseudo-inputs (needs_inputs) gets input_shape and the encoder."""
+        name = type(self).__name__
+        if self.latent_dim == 0 or not self.variational:
+            raise SeqvaeError(f"config error: {name} has no variational posterior, so only prior=standard and "
+                              f"posterior=gaussian apply to it; drop the prior=/posterior= override or choose a VAE "
+                              f"(model=mlp_vae, model=lstm_vae)")
+        if posterior is not None:
+            self.posterior_head = posterior(in_features=self.latent_h_size, latent_dim=self.latent_dim)
+        if prior is not None:
+            if getattr(getattr(prior, "func", prior), "needs_inputs", False):
+                if self.pseudo_input_shape is None:
+                    raise SeqvaeError(f"config error: prior=vamp learns pseudo-inputs that the encoder reads like "
+                                      f"data, which needs fixed-size real inputs (model=mlp_vae on images); "
+                                      f"{name} reads token sequences or series windows: use prior=mog")
+                self.prior = prior(latent_dim=self.latent_dim, input_shape=self.pseudo_input_shape)
+                self.prior.bind(self.base_posterior)
+            else:
+                self.prior = prior(latent_dim=self.latent_dim)
+
+    def base_posterior(self, batch: Batch) -> DiagonalGaussian:
+        """The Gaussian a flow posterior starts from (the posterior itself for posterior=gaussian)."""
+        return self.posterior(batch).base
 
     def features(self, batch: Batch) -> torch.Tensor:
         """The encoder's summary of each example, h [B, h_size]."""

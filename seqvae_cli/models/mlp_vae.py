@@ -27,6 +27,7 @@ class MLPVAE(LatentModel):
             raise SeqvaeError(f"model.activation={activation!r} is not allowed; expected one of {sorted(ACTIVATIONS)}")
         hidden = list(hidden_sizes)
         self.input_dim, self.latent_dim, self.likelihood = input_dim, latent_dim, likelihood
+        self.pseudo_input_shape = (input_dim,)
         self.encoder = nn.Sequential(mlp([input_dim] + hidden, activation), ACTIVATIONS[activation]())
         self.add_latent(hidden[-1], latent_dim)
         self.decoder = mlp([latent_dim] + hidden[::-1] + [input_dim], activation)

@@ -73,41 +73,47 @@ class Objective:
         # Under bf16-mixed autocast the heads' outputs are bfloat16: the KL and the bounds are summed in float32.
         q, prior = model.posterior(batch).float(), model.prior
         mu = q.mean
+        closed = q.kl_per_dim(prior)       # [B, D]; None where the KL has no closed form (mog, vamp, flows)
         if not model.variational or step < self.pretrain_steps:
             z = mu.unsqueeze(0)
             rec = model.log_likelihood(batch, z)[0]
             aux = self.aux_loss(model, batch, mu)
             zero = rec.new_zeros(())
             if model.variational:  # autoencoder pre-training of a VAE: report its KL, do not train on it
-                kl_dims = q.kl_per_dim(prior).detach()
-                return Terms((-rec + aux).mean(), rec.mean(), kl_dims.sum(1).mean(), kl_dims.mean(0),
-                             (kl_dims.sum(1) - rec).mean(), aux.mean(), mu.detach())
+                kl = (closed.sum(1) if closed is not None else q.kl(prior)).detach()
+                kl_per_dim = closed.mean(0).detach() if closed is not None else kl.new_zeros(0)
+                return Terms((-rec + aux).mean(), rec.mean(), kl.mean(), kl_per_dim, (kl - rec).mean(), aux.mean(),
+                             mu.detach())
             return Terms((-rec + aux).mean(), rec.mean(), zero, mu.new_zeros(mu.shape[1]), -rec.mean(),
                          aux.mean(), mu.detach())
-        kl_dims = q.kl_per_dim(prior)                         # [B, D]
-        kl_per_dim = kl_dims.mean(0)
-        kl = kl_dims.sum(1)                                   # [B]
         if self.iw_samples > 1:
-            z = q.rsample(self.iw_samples)
+            z, log_q = q.rsample_and_log_prob(self.iw_samples)
             log_px = model.log_likelihood(batch, z)           # [k, B]
+            log_pz = prior.log_prob(z)
             # The annealing weight scales log p(z) - log q(z|x) inside the importance weights.
-            log_ratio = prior.log_prob(z) - q.log_prob(z)
-            log_w = log_px + weight * log_ratio
+            log_w = log_px + weight * (log_pz - log_q)
             bound = torch.logsumexp(log_w, 0) - math.log(self.iw_samples)
             rec = log_px.mean(0)
+            kl = closed.sum(1) if closed is not None else (log_q - log_pz).mean(0)   # reported: MC over the k draws
             aux = self.aux_loss(model, batch, z[0])
             loss = (-bound + aux).mean()
         else:
-            z = q.rsample(1)
+            if closed is not None:
+                z = q.rsample(1)
+                kl = closed.sum(1)                            # [B]
+            else:   # the Monte Carlo KL at the sample the decoder scores: the ELBO's own single-sample estimate
+                z, log_q = q.rsample_and_log_prob(1)
+                kl = (log_q - prior.log_prob(z))[0]
             rec = model.log_likelihood(batch, z)[0]
             aux = self.aux_loss(model, batch, z[0])
             kl_term = kl.mean()
-            if self.free_bits_per_dim > 0:
-                kl_term = kl_per_dim.clamp(min=self.free_bits_per_dim).sum()
+            if self.free_bits_per_dim > 0:     # config rules refuse free bits without a closed-form KL
+                kl_term = closed.mean(0).clamp(min=self.free_bits_per_dim).sum()
             if self.free_bits_total > 0:
                 kl_term = kl_term.clamp(min=self.free_bits_total)
             loss = -rec.mean() + weight * kl_term + aux.mean()
         neg_elbo = (kl - rec).mean()
+        kl_per_dim = closed.mean(0) if closed is not None else kl.new_zeros(0)
         return Terms(loss, rec.mean(), kl.mean(), kl_per_dim.detach(), neg_elbo, aux.mean(), mu.detach())
 
 

@@ -19,7 +19,9 @@ from seqvae_cli.data.base import DataModule, resolve_data_dir
 from seqvae_cli.errors import SeqvaeError
 from seqvae_cli.files import write_atomic
 from seqvae_cli.models.base import LatentModel
-from seqvae_cli.parts import build_part, check_parts
+from seqvae_cli.latent.posterior import GaussianPosterior
+from seqvae_cli.latent.prior import StandardNormal
+from seqvae_cli.parts import PARTS, build_part, check_parts, part_factory
 
 FORMAT = "seqvae-checkpoint-1"
 CHECKSUM = "sha256"
@@ -157,7 +159,33 @@ def build(cfg: DictConfig, device: torch.device, data_state: dict | None = None,
         dm.load_state_dict(data_state)
     dm.setup(device)
     model: LatentModel = build_part(cfg.model, "model", source, **dm.model_kwargs())
+    attach_latent(model, cfg, source)
     return dm, model.to(device)
+
+
+# The families every model is built with; other prior=/posterior= choices replace them once the model is built.
+DEFAULT_LATENT = {"prior": StandardNormal, "posterior": GaussianPosterior}
+
+
+def attach_latent(model: LatentModel, cfg: DictConfig, source: str) -> None:
+    """Give the model the prior and posterior its config names (runs from before the choice have neither node and
+    keep the defaults). A default is left as built, so the same seed gives the same weights as always."""
+    chosen = {}
+    for slot, default in DEFAULT_LATENT.items():
+        node = OmegaConf.select(cfg, slot)
+        if node is None or PARTS[slot].get(node.get("_target_")) is default:
+            continue
+        chosen[slot] = part_factory(node, slot, source)
+    if not chosen:
+        return
+    free_bits = {k: OmegaConf.select(cfg, f"objective.free_bits.{k}", default=0) or 0 for k in ("per_dim", "total")}
+    if any(free_bits.values()):
+        key = next(k for k, v in free_bits.items() if v)
+        names = " ".join(f"{slot}={OmegaConf.select(cfg, slot).get('name', slot)}" for slot in chosen)
+        raise SeqvaeError(f"config error: objective.free_bits.{key}={free_bits[key]} floors the KL of each latent "
+                          f"dimension, which needs the KL in closed form; with {names} it is a Monte Carlo estimate "
+                          f"of the whole KL; set objective.free_bits.{key}=0, or use prior=standard posterior=gaussian")
+    model.use_latent(**chosen)
 
 
 def load_model_state(model: LatentModel, state: dict, path: Path | str) -> None:
