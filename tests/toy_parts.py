@@ -15,17 +15,16 @@ from seqvae_cli.parts import register
 
 @register("model")
 class ToyVAE(LatentModel):
-    """q(z|x) = N(mu(x), diag exp(logvar(x))) from one linear layer; p(x|z) Bernoulli with logits W z + b."""
+    """q(z|x) from the pixels themselves (the posterior head's linear maps); p(x|z) Bernoulli, logits W z + b."""
 
     def __init__(self, input_dim: int, latent_dim: int = 2, name: str = "toy") -> None:
         super().__init__()     # input_dim comes from the data module (model_kwargs); the rest from the YAML
         self.latent_dim = latent_dim
-        self.encoder = nn.Linear(input_dim, 2 * latent_dim)
+        self.add_latent(input_dim, latent_dim)     # q(z|x) from h = x, and the prior (prior=..., posterior=...)
         self.decoder = nn.Linear(latent_dim, input_dim)
 
-    def encode(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        mu, logvar = self.encoder(batch["x"]).chunk(2, dim=-1)       # [B, D] each
-        return mu, logvar
+    def features(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return batch["x"]                                            # h [B, input_dim]
 
     def log_likelihood(self, batch: dict[str, torch.Tensor], z: torch.Tensor) -> torch.Tensor:
         logits = self.decoder(z)                                     # z [S, B, D] -> [S, B, input_dim]
