@@ -3,7 +3,7 @@
 A kind's module defines `during_training(model, dm, writer, step)` (TensorBoard pictures after each validation),
 `sample(model, dm, cfg, out_dir, writer, step) -> list[Path]` (everything `seqvae sample` draws) and, optionally,
 `end_of_training(model, dm, out_dir, writer, step)` (files written next to the run's checkpoints). A new data
-kind adds one module and one line to KINDS. Modules are imported on first use: matplotlib is slow to load.
+kind adds one module and one line to KINDS. visuals/latent.py adds a learned prior's pictures to every kind. Modules are imported on first use: matplotlib is slow to load.
 """
 from __future__ import annotations
 
@@ -26,6 +26,8 @@ def for_kind(kind: str) -> ModuleType:
 
 def during_training(model: LatentModel, dm: DataModule, writer: SummaryWriter, step: int) -> None:
     for_kind(dm.kind).during_training(model, dm, writer, step)
+    if model.latent_dim > 0:
+        importlib.import_module("seqvae_cli.visuals.latent").during_training(model, dm, writer, step)
 
 
 def end_of_training(model: LatentModel, dm: DataModule, out_dir: Path, writer: SummaryWriter, step: int) -> None:
@@ -35,4 +37,7 @@ def end_of_training(model: LatentModel, dm: DataModule, out_dir: Path, writer: S
 
 
 def sample(model: LatentModel, dm: DataModule, cfg, out_dir: Path, writer: SummaryWriter, step: int) -> list[Path]:
-    return for_kind(dm.kind).sample(model, dm, cfg, out_dir, writer, step)
+    written = for_kind(dm.kind).sample(model, dm, cfg, out_dir, writer, step)
+    if model.latent_dim > 0:   # a learned prior's own pictures (visuals/latent.py), whatever the data kind
+        written += importlib.import_module("seqvae_cli.visuals.latent").sample(model, dm, cfg, out_dir, writer, step)
+    return written
