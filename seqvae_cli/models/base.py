@@ -7,6 +7,7 @@ from typing import Iterator
 import torch
 from torch import nn
 
+from seqvae_cli.config.rules import Rule, number
 from seqvae_cli.data.base import Batch
 
 @contextlib.contextmanager
@@ -23,6 +24,9 @@ def eval_mode(model: nn.Module) -> Iterator[None]:
 class LatentModel(nn.Module):
     latent_dim: int
     variational: bool = True
+    # The rules of the constructor's keys (model.<key>), which validate() applies to the config and the constructor
+    # to its arguments (config/rules.check_arguments). Subclasses with a latent extend these with their own keys.
+    RULES: dict[str, Rule] = {"latent_dim": number(1, integer=True)}
 
     def encode(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
