@@ -149,10 +149,13 @@ def check_arguments(slot: str, rules: Mapping[str, Rule], **values: Any) -> None
 
 # ---------------------------------------------------------------------------------------- the driver
 
-# Per verb, where its settings' rules live ("module:NAME": a dict of full keys -> rules), then its cross-key
-# checks ("module:function", run in this order once every key has passed). The parts' rules are added per config.
+# Per verb, where its settings' rules live ("module:NAME": a dict of full keys -> rules; "data" and "model": the
+# rules of the part the config's `_target_` names there), in checking order, then its cross-key checks
+# ("module:function", run in this order once every key has passed).
 CONSUMERS: dict[str, tuple[str, ...]] = {
     "train": ("seqvae_cli.config.runtime:RULES",                 # device.*
+              "data",                                            # data.*: the data class's RULES
+              "model",                                           # model.*: the model class's RULES
               "seqvae_cli.objective.schedule:RULES",             # objective.beta, objective.kl_anneal.*
               "seqvae_cli.objective.elbo:RULES",                 # the rest of objective.*
               "seqvae_cli.training.settings:OPTIM_RULES",        # optim.*
@@ -176,7 +179,7 @@ CONSUMERS: dict[str, tuple[str, ...]] = {
                "seqvae_cli.evaluation.series:RULES"),
 }
 
-# The config slots whose `_target_` names a part; the part's class declares the rules of the slot's keys.
+# The config slots whose `_target_` names a part (parts.PARTS); the part's class declares the slot's keys' rules.
 PART_SLOTS = ("data", "model")
 
 
@@ -202,14 +205,16 @@ def part_class(cfg: DictConfig, slot: str) -> type | None:
 
 
 def rule_sources(cfg: DictConfig, verb: str | None = None) -> list[tuple[str, dict[str, Rule]]]:
-    """(where, {full key: rule}) of every rule that applies to this config: the verb's consumers, then its parts."""
-    sources = [(ref, dict(table)) for ref in CONSUMERS[verb_of(cfg, verb)]
-               if isinstance(table := _load(ref), Mapping)]
-    for slot in PART_SLOTS:
-        cls = part_class(cfg, slot)
-        if cls is not None:
-            sources.append((f"{cls.__module__}.{cls.__qualname__}.RULES",
-                            {f"{slot}.{key}": rule for key, rule in cls.RULES.items()}))
+    """(where, {full key: rule}) of every rule that applies to this config, in CONSUMERS' order."""
+    sources = []
+    for ref in CONSUMERS[verb_of(cfg, verb)]:
+        if ref in PART_SLOTS:
+            cls = part_class(cfg, ref)
+            if cls is not None:
+                sources.append((f"{cls.__module__}.{cls.__qualname__}.RULES",
+                                {f"{ref}.{key}": rule for key, rule in cls.RULES.items()}))
+        elif isinstance(table := _load(ref), Mapping):
+            sources.append((ref, dict(table)))
     return sources
 
 
@@ -219,7 +224,7 @@ def rules_for(cfg: DictConfig, verb: str | None = None) -> dict[str, Rule]:
 
 
 def cross_checks(verb: str) -> Iterable[Callable[[DictConfig], None]]:
-    return [fn for ref in CONSUMERS[verb] if callable(fn := _load(ref))]
+    return [fn for ref in CONSUMERS[verb] if ref not in PART_SLOTS and callable(fn := _load(ref))]
 
 
 def validate(cfg: DictConfig, verb: str | None = None) -> None:

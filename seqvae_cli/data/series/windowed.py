@@ -11,7 +11,8 @@ import torch
 
 from seqvae_cli.config.rules import BOOLEAN, check_arguments, number
 from seqvae_cli.data.series.base import Loaded, SeriesData, SplitArrays
-from seqvae_cli.data.series.windows import SPLITS, sliding_windows, window_labels, window_scores_to_timestamps, window_starts
+from seqvae_cli.data.series.windows import (SPLITS, sliding_windows, window_labels, window_scores_to_timestamps,
+                                            window_starts)
 from seqvae_cli.errors import SeqvaeError
 
 # ------------------------------------------------------------------------------ windowed long series
