@@ -361,7 +361,7 @@ def test_yaml_composes_validates_and_instantiates(option, tmp_path):
     extra = [f"data.path={tmp_path / 'x.csv'}"] if option == "csv" else []
     cfg = compose_train_config(f"data={option}", f"paths.data_dir={tmp_path}", *extra)
     validate(cfg)
-    assert cfg.data._target_.startswith("seqvae_cli.data_series.") and cfg.data.name == option
+    assert cfg.data._target_.startswith("seqvae_cli.data.series.") and cfg.data.name == option
     dm = build_part(cfg.data, "data")          # as the trainer builds it
     assert dm.kind == "series" and dm.config_error is None and dm.data_dir == str(tmp_path)
     assert dm.batch_size == 64 and dm.eval_iw_samples == 100
