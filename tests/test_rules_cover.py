@@ -179,13 +179,16 @@ def test_the_sequence_models_share_the_rules_of_their_shared_keys():
 
 
 # Each registered class (the lstm_vae factory through the two models it builds), with what it needs besides its keys.
+MLP = dict(input_dim=4, hidden_sizes=[3], latent_dim=2)
 BUILT = {"MNISTData": dict(data_dir="."), "TextData": dict(train_file="a", val_file="b", test_file="c"),
          "SinesData": {}, "ECG5000Data": {}, "NABData": {}, "CSVData": dict(path="x.csv"),
-         "MLPVAE": dict(input_dim=4, hidden_sizes=[3], latent_dim=2), "MLPAutoencoder": dict(input_dim=4,
-                                                                                            hidden_sizes=[3],
-                                                                                            latent_dim=2),
-         "LSTMLM": dict(vocab_size=10), "LSTMVAE": dict(vocab_size=10), "SeriesLSTMVAE": dict(num_channels=1,
-                                                                                             seq_len=4)}
+         "MLPVAE": MLP, "MLPAutoencoder": MLP, "LSTMLM": dict(vocab_size=10), "LSTMVAE": dict(vocab_size=10),
+         "SeriesLSTMVAE": dict(num_channels=1, seq_len=4)}
+
+
+def test_every_registered_part_is_checked_below():
+    registered = {cls.__name__ for slot in PART_SLOTS for cls in PARTS[slot].values()}
+    assert registered - {"lstm_vae"} <= set(BUILT)
 
 
 def constructor_error(cls, kwargs: dict) -> SeqvaeError | None:
