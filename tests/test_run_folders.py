@@ -73,7 +73,7 @@ def same_results(a: Path, b: Path) -> None:
 def test_the_lock_names_a_live_holder_and_is_taken_over_once_it_died(tmp_path, caplog):
     run = tmp_path / "run"
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from pathlib import Path; from seqvae_cli import runfolder; "
+        [sys.executable, "-c", "import sys, time; from pathlib import Path; from seqvae_cli.training import runfolder; "
          "runfolder.acquire_lock(Path(sys.argv[1])); print('locked', flush=True); time.sleep(120)", str(run)],
         stdout=subprocess.PIPE, text=True)
     try:
