@@ -9,7 +9,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
-from seqvae_cli.config.rules import RULES, SEED_MAX, validate
+from seqvae_cli.config.rules import SEED_MAX, rules_for, validate
 from seqvae_cli.config.runtime import register_resolvers
 from seqvae_cli.data.series.sines import SinesData
 from seqvae_cli.errors import SeqvaeError
@@ -78,25 +78,35 @@ def configs() -> dict[str, DictConfig]:
 
 
 def test_every_number_and_switch_of_every_config_has_a_rule(configs):
-    """A numeric, boolean or null-by-default leaf without a rule in RULES is an error here: its typos would pass."""
+    """A numeric, boolean or null-by-default leaf without a rule is an error here: its typos would pass (every other
+    leaf too: tests/test_rules_cover.py)."""
     without = set()
     for name, cfg in configs.items():
         validate(cfg)   # the defaults themselves are allowed
+        rules = rules_for(cfg)
         for key, value in leaves(cfg):
             numeric_or_switch = is_numeric(value) or isinstance(value, bool) or \
                 (value is None and key not in NULL_NON_NUMBERS)
-            if numeric_or_switch and key not in RULES:
+            if numeric_or_switch and key not in rules:
                 without.add(f"{key} ({name})")
-    assert not without, f"keys without a rule in config.RULES: {sorted(without)}"
+    assert not without, f"keys without a rule: {sorted(without)}"
+
+
+def every_rule(configs) -> dict:
+    """key -> rule, over every config (a key means the same in each config that has it: test_rules_cover.py)."""
+    return {key: rule for cfg in configs.values() for key, rule in rules_for(cfg).items()}
 
 
 def test_every_numeric_rule_refuses_nan_and_infinities_and_integer_rules_refuse_floats(configs):
-    checked = {}
+    checked, rules = {}, {}
     for cfg in configs.values():
-        checked.update((key, value) for key, value in leaves(cfg) if is_numeric(value) and key in RULES)
+        cfg_rules = rules_for(cfg)
+        numeric = [(key, value) for key, value in leaves(cfg) if is_numeric(value) and key in cfg_rules]
+        checked.update(numeric)
+        rules.update((key, cfg_rules[key]) for key, _ in numeric)
     assert {"optim.grad_clip", "trainer.seed", "temperature", "traversal_range", "data.window", "seed"} <= set(checked)
     for key, value in sorted(checked.items()):
-        ok, allowed = RULES[key]
+        ok, allowed = rules[key]
         assert ok(value), (key, value)
         for bad in (math.nan, math.inf, -math.inf):
             spoilt = [bad] + value[1:] if isinstance(value, list) else bad
@@ -108,10 +118,11 @@ def test_every_numeric_rule_refuses_nan_and_infinities_and_integer_rules_refuse_
             assert not ok(float(value)), f"{key} accepts {float(value)!r} ({allowed})"
 
 
-def test_seeds_fit_the_generators():
+def test_seeds_fit_the_generators(configs):
     """Seeds reach torch's generators after products and offsets (evaluate: seed * 100_003 + batch)."""
+    rules = every_rule(configs)
     for key in ("trainer.seed", "data.static_seed", "data.seed", "seed"):
-        ok, allowed = RULES[key]
+        ok, allowed = rules[key]
         assert ok(0) and ok(SEED_MAX) and not ok(SEED_MAX + 1) and not ok(2**64) and not ok(-1), key
         assert str(SEED_MAX) in allowed
     import torch

@@ -17,13 +17,35 @@ from omegaconf import DictConfig
 from torch.utils.tensorboard import SummaryWriter
 
 from seqvae_cli.training import distributed, runfolder
-from seqvae_cli.config.rules import is_bf16, validate
+from seqvae_cli.config.rules import (is_bf16, number, one_of, optional_positive_int, precision_rule, seed_rule,
+                                     validate)
 from seqvae_cli.config.runtime import CONF_DIR, check_sweep_direction, metric_mode, override_keys, setup_device
 from seqvae_cli.data.base import resolve_data_dir
 from seqvae_cli.errors import SeqvaeError
 from seqvae_cli.files import read_json, write_json_atomic
 
 log = logging.getLogger("seqvae")
+
+# ------------------------------------------------------------------------------ eval's and sample's keys
+
+# The run to read and the split and seed to use: read by eval_app and sample_app below (and the sampler's figures).
+RUN_RULES = {
+    "checkpoint": (lambda v: v in ("best", "last") or (isinstance(v, str) and v.endswith(".pt")),
+                   "best, last or a path to a .pt file"),
+    "split": one_of("train", "val", "test"),
+    "seed": seed_rule(),
+}
+
+
+# eval_app's own keys (score: evaluation/series.py).
+EVAL_RULES = {
+    "iw_samples": optional_positive_int(),
+    "iw_rows_per_chunk": optional_positive_int(),
+    "limit_examples": optional_positive_int("the whole split"),
+    "batch_size": number(1, integer=True),
+    "iw_precision": precision_rule(),
+}
+
 
 def _fail(exc: SeqvaeError, minimising: bool = True) -> float:
     """One error line; in a sweep, score the job as the worst value (+inf when minimising) so the other jobs
@@ -56,7 +78,7 @@ def train_app(cfg: DictConfig) -> float:
     minimising = (str(direction).lower() == "minimize" if sweeping
                   else metric_mode(str(cfg.get("optimized_metric", "val/neg_elbo"))) == "min")
     try:
-        validate(cfg)
+        validate(cfg, "train")
         if sweeping:
             check_sweep_direction(str(cfg.optimized_metric), direction)
         # Stored absolute in checkpoints, so eval/sample find the data from any working directory.
@@ -107,7 +129,7 @@ def eval_app(cfg: DictConfig) -> dict | float:
     from seqvae_cli.training.checkpoint import load_run, resolve_checkpoint
     from seqvae_cli.evaluation.evaluate import evaluate
     try:
-        validate(cfg)
+        validate(cfg, "eval")
         device = setup_device(cfg.device, bf16=is_bf16(cfg.iw_precision))
         _, dm, model, state = load_run(cfg.run_dir, cfg.checkpoint, device, cfg.paths.data_dir,
                                           _data_dir_is_default())
@@ -178,7 +200,7 @@ def sample_app(cfg: DictConfig) -> None:
     from seqvae_cli import visuals
     from seqvae_cli.training.checkpoint import load_run
     try:
-        validate(cfg)
+        validate(cfg, "sample")
         device = setup_device(cfg.device)
         _, dm, model, state = load_run(cfg.run_dir, cfg.checkpoint, device, cfg.paths.data_dir,
                                           _data_dir_is_default())

@@ -1,16 +1,36 @@
-"""The config's rules: every key's check, in one table, and the one-line error a broken value gives."""
+"""The config's rules: the vocabulary a rule is written in, the one-line error a broken value gives, and
+validate(), which checks a composed config against the rules of the code that reads it.
+
+A key's rule lives next to the code that consumes the key, in one of two places:
+
+* a verb's own settings (trainer.*, optim.*, objective.*, device.*, eval's and sample's keys): a module-level dict
+  of full keys -> rules in the module that reads them (e.g. `RULES = {"objective.beta": number(0)}` in
+  objective/schedule.py). CONSUMERS below lists, per verb, those tables and the cross-key checks (functions
+  cfg -> None, raising SeqvaeError) that live beside them.
+* a part's constructor keys (data.*, model.*): the class attribute `RULES` of the class that `data._target_` or
+  `model._target_` names (found through parts.PARTS), in the key's local name (`{"window": number(2, ...)}`).
+  The constructor checks its arguments with those same rules through check_arguments(), so a part built from a
+  checkpoint is held to them too.
+
+validate(cfg, verb) gathers the rules of the verb's consumers and of the two parts, checks every key the config
+holds (the first broken one raises), then runs the cross-key checks. tests/test_rules_cover.py fails on a key of
+any composable config that has no rule, and on a key that two consumers declare.
+"""
 from __future__ import annotations
 
+import importlib
 import math
 import numbers
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, Mapping
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from seqvae_cli.errors import SeqvaeError
 
+# A rule: (check, what is allowed, in words for the error message).
+Rule = tuple[Callable[[Any], bool], str]
 
-# --------------------------------------------------------------------------------------- validation
+# ------------------------------------------------------------------------------------- the vocabulary
 
 def one_of(*allowed: Any) -> tuple[Callable[[Any], bool], str]:
     return (lambda v: v in allowed), "one of: " + ", ".join(map(str, allowed))
@@ -92,177 +112,15 @@ def resume_rule() -> tuple[Callable[[Any], bool], str]:
         "false, true (with run_dir=RUN) or a path to a .pt checkpoint"
 
 
-# The longest decode `seqvae sample` runs (tokens per sentence): PTB's longest sentence has 83 tokens, and a model
-# that never emits <eos> would otherwise decode for as long as asked, minutes for max_len=1000000.
-MAX_DECODE_LEN = 1000
+
+def probability() -> Rule:
+    """A dropout-like rate: a finite number in [0, 1)."""
+    return number(0, 1, hi_open=True)[0], "a number in [0, 1)"
 
 
-# key -> (check, description). Keys absent from a config (e.g. text-only keys on MNIST) are skipped.
-RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "device.type": one_of("auto", "cpu", "cuda", "mps"),
-    "device.num_threads": optional_positive_int(),
-    "data.binarize": one_of("dynamic", "static", "none"),
-    "data.batch_size": number(1, integer=True),
-    "data.eval_batch_size": number(1, integer=True),
-    "data.num_val": number(1, 59999, integer=True),
-    "data.eval_iw_samples": number(1, integer=True),
-    "data.static_seed": seed_rule(),
-    "data.download": BOOLEAN,
-    "model.hidden_sizes": positive_int_list(),
-    "model.activation": one_of("relu", "elu", "tanh", "softplus", "gelu"),
-    "model.latent_dim": number(1, integer=True),
-    "model.likelihood": one_of("bernoulli", "gaussian"),
-    "objective.beta": number(0),
-    "objective.iw_samples": number(1, integer=True),
-    "objective.kl_anneal.schedule": one_of("constant", "linear", "sigmoid", "cyclical"),
-    "objective.kl_anneal.unit": one_of("steps", "epochs"),
-    "objective.kl_anneal.start": number(0),
-    "objective.kl_anneal.end": number(0),
-    "objective.kl_anneal.warmup": number(0),
-    "objective.kl_anneal.n_cycles": number(1, integer=True),
-    "objective.kl_anneal.ratio": number(0, 1, lo_open=True),
-    "objective.free_bits.per_dim": number(0),
-    "objective.free_bits.total": number(0),
-    "objective.bow_weight": number(0),
-    "objective.ae_pretrain_epochs": number(0, integer=True),
-    "objective.aggressive.enabled": BOOLEAN,
-    "objective.aggressive.max_inner_steps": number(1, integer=True),
-    "objective.aggressive.check_every": number(1, integer=True),
-    # the latent's families (latent/): prior=mog|vamp, posterior=planar|iaf
-    "prior.num_components": number(1, integer=True),
-    "prior.learn_weights": BOOLEAN,
-    "prior.init_spread": number(0, lo_open=True),
-    "prior.init_mean": number(0, 1),
-    "prior.init_std": number(0),
-    "posterior.num_flows": number(1, integer=True),
-    "posterior.hidden_size": number(1, integer=True),
-    "posterior.context_size": number(1, integer=True),
-    "optim.name": one_of("adam", "adamw"),
-    "optim.lr": number(0, lo_open=True),
-    "optim.weight_decay": number(0),
-    "optim.grad_clip": number(0),
-    "optim.fused": BOOLEAN,
-    "optim.betas": (lambda v: isinstance(v, list) and len(v) == 2
-                    and all(isinstance(b, numbers.Real) and not isinstance(b, bool) and 0 <= b < 1 for b in v),
-                    "two numbers in [0, 1), e.g. [0.9,0.999]"),
-    "optim.eps": number(0, lo_open=True),
-    "optim.lr_schedule": one_of("constant", "cosine", "step", "exponential"),
-    "optim.lr_min": number(0),
-    "optim.lr_gamma": number(0, 1, lo_open=True),
-    "optim.lr_step_epochs": number(1, integer=True),
-    "optim.warmup_steps": number(0, integer=True),
-    "trainer.max_epochs": number(1, integer=True),
-    "trainer.max_steps": (lambda v: isinstance(v, int) and not isinstance(v, bool) and (v == -1 or v > 0),
-                          "-1 (no limit) or a positive integer"),
-    "trainer.limit_train_batches": batch_limit_rule(),
-    "trainer.limit_val_batches": batch_limit_rule(),
-    "trainer.limit_test_batches": batch_limit_rule(),
-    "trainer.val_every": number(1, integer=True),
-    "trainer.log_every": number(1, integer=True),
-    "trainer.seed": seed_rule(),
-    "trainer.precision": precision_rule(),
-    "iw_precision": precision_rule(),
-    "trainer.resume": resume_rule(),
-    "trainer.overwrite": BOOLEAN,
-    "trainer.test": BOOLEAN,
-    "trainer.test_iw_samples": number(0, integer=True),
-    "trainer.val_iw_samples": number(0, integer=True),
-    "trainer.weight_average.kind": one_of("none", "ema", "uniform"),
-    "trainer.weight_average.ema_decay": (lambda v: isinstance(v, numbers.Real) and not isinstance(v, bool)
-                                         and 0 <= v < 1, "a number >= 0 and < 1, e.g. 0.999"),
-    "trainer.weight_average.start_epoch": number(0, integer=True),
-    "trainer.log_visuals": BOOLEAN,
-    "trainer.devices": number(1, integer=True),
-    "trainer.cuda_graphs": (lambda v: v == "auto" or isinstance(v, bool), "auto, true or false"),
-    "trainer.progress_bar": BOOLEAN,
-    "split": one_of("train", "val", "test"),
-    "checkpoint": (lambda v: v in ("best", "last") or (isinstance(v, str) and v.endswith(".pt")),
-                   "best, last or a path to a .pt file"),
-    "iw_samples": optional_positive_int(),
-    "iw_rows_per_chunk": optional_positive_int(),
-    "limit_examples": optional_positive_int("the whole split"),
-    "batch_size": number(1, integer=True),
-    "seed": seed_rule(),
-    # sample: how many pictures/sentences, and the grids' sizes
-    "num_samples": number(1, integer=True),
-    "num_reconstructions": number(1, integer=True),
-    "interpolation_steps": number(2, integer=True),
-    "traversal_steps": number(2, integer=True),
-    "traversal_range": number(0, lo_open=True),
-    "traversal_dims": optional_positive_int("every dimension"),
-    "manifold_size": number(2, integer=True),
-    "scatter_points": number(1, integer=True),
-    "sentences": (lambda v: v is None or isinstance(v, (str, int, float)) or
-                  (isinstance(v, list) and all(isinstance(s, (str, int, float)) for s in v)),
-                  "a sentence or a list of sentences, e.g. 'sentences=[the market fell,prices rose]'"),
-    "data.iw_rows_per_chunk": number(1, integer=True),
-    # text
-    "data.tokenizer": one_of("whitespace", "simple"),
-    "data.relative_to": one_of("data_dir", "cwd"),
-    "data.min_freq": number(1, integer=True),
-    "data.bucket_size": number(1, integer=True),
-    "data.max_size": optional_positive_int(),
-    "data.max_train_len": optional_positive_int(),
-    "data.lowercase": BOOLEAN,
-    "model.rnn": one_of("lstm", "gru"),
-    "model.z_conditioning": one_of("init", "concat", "both"),
-    "model.embed_dim": number(1, integer=True),
-    "model.hidden_size": number(1, integer=True),
-    "model.encoder_layers": number(1, integer=True),
-    "model.decoder_layers": number(1, integer=True),
-    "model.word_dropout": number(0, 1),
-    "model.embed_dropout": number(0, 1),
-    "model.output_dropout": number(0, 1),
-    "model.weight_drop": number(0, 1),
-    "model.bidirectional": BOOLEAN,
-    "model.tie_weights": BOOLEAN,
-    "model.packed": (lambda v: v is None or isinstance(v, bool), "null (auto), true or false"),
-    # sample (text decoding)
-    "temperature": number(0),
-    "top_k": number(0, integer=True),
-    "top_p": number(0, 1, lo_open=True),
-    "beam_width": number(1, integer=True),
-    "length_penalty": number(0),
-    "max_len": number(1, MAX_DECODE_LEN, integer=True),
-    # time series: the series LSTM-VAE's keys (model=lstm_vae), eval's anomaly score, sample's forecasts
-    "model.series_decoder": one_of("repeat", "autoregressive"),
-    "model.output_std": one_of("learned_channel", "learned_step", "fixed"),
-    "model.fixed_std": number(0, lo_open=True),
-    "model.project_input": BOOLEAN,
-    "score": one_of("neg_elbo", "rec", "iw_nll"),
-    "forecast_prefix": number(0, 1, lo_open=True),
-    "num_forecasts": number(1, integer=True),
-    "forecast_windows": number(1, integer=True),
-    "season": optional_positive_int("estimated"),
-    # time-series data (data/series/ checks its constructor arguments with these same rules)
-    "data.seed": seed_rule(),
-    "data.window": number(2, integer=True),
-    "data.stride": number(1, integer=True),
-    "data.test_stride": number(1, integer=True),
-    "data.train_fraction": number(0, 1, lo_open=True, hi_open=True),
-    "data.val_fraction": number(0, 1, lo_open=True, hi_open=True),
-    "data.max_train_length": (lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= 2),
-                              "null or an integer >= 2"),
-    "data.test_context": BOOLEAN,
-    "data.num_val_normal": number(1, integer=True),
-    "data.num_test_normal": number(1, integer=True),
-    "data.ucr_num_val": number(1, integer=True),
-    "data.num_series.train": number(1, integer=True),
-    "data.num_series.val": number(1, integer=True),
-    "data.num_series.test": number(1, integer=True),
-    "data.seq_len": number(2, integer=True),
-    "data.channels": number(1, integer=True),
-    "data.frequency": number_pair(),
-    "data.phase": number_pair(),
-    "data.amplitude": number_pair(),
-    "data.noise_std": number(0),
-    "data.anomaly_fraction": number(0, 1),
-    "data.spike_size": number(0),
-    "data.frequency_factor": number(0, lo_open=True),
-}
+# ------------------------------------------------------------------------------------ the one message
 
-
-def value_error(key: str, value: Any, rule: tuple[Callable[[Any], bool], str]) -> SeqvaeError:
+def value_error(key: str, value: Any, rule: Rule) -> SeqvaeError:
     """The one-line error for `key=value` outside `rule`. A whole number written as a float (2.0) for an integer key
     gets the override spelled as an integer."""
     ok, allowed = rule
@@ -273,54 +131,114 @@ def value_error(key: str, value: Any, rule: tuple[Callable[[Any], bool], str]) -
                        f"(fix it with the override {key}={example})")
 
 
-def validate(cfg: DictConfig, rules: dict = RULES) -> None:
-    """Raise SeqvaeError on a required value left unset (???) or the first value outside what its key allows."""
+def check_value(key: str, value: Any, rule: Rule) -> None:
+    """Raise value_error when `value` (of the config key `key`) breaks `rule`. Lists arrive as plain lists."""
+    if isinstance(value, (ListConfig, tuple)):
+        value = list(value)
+    if not rule[0](value):
+        raise value_error(key, value, rule)
+
+
+def check_arguments(slot: str, rules: Mapping[str, Rule], **values: Any) -> None:
+    """A part's constructor (or a library function): hold each argument to its rule in `rules` (the class's RULES,
+    which validate() applies to the composed config), in the order given; the first one outside its rule raises
+    the usual one-line error, naming the config key `slot.name` (`name` alone when slot is "")."""
+    for name, value in values.items():
+        check_value(f"{slot}.{name}" if slot else name, value, rules[name])
+
+
+# ---------------------------------------------------------------------------------------- the driver
+
+# Per verb, where its settings' rules live ("module:NAME": a dict of full keys -> rules; "data" and "model": the
+# rules of the part the config's `_target_` names there), in checking order, then its cross-key checks
+# ("module:function", run in this order once every key has passed).
+CONSUMERS: dict[str, tuple[str, ...]] = {
+    "train": ("seqvae_cli.config.runtime:RULES",                 # device.*
+              "data",                                            # data.*: the data class's RULES
+              "model",                                           # model.*: the model class's RULES
+              "prior",                                           # prior.*: the prior class's RULES
+              "posterior",                                       # posterior.*: the posterior head's RULES
+              "seqvae_cli.objective.schedule:RULES",             # objective.beta, objective.kl_anneal.*
+              "seqvae_cli.objective.elbo:RULES",                 # the rest of objective.*
+              "seqvae_cli.training.settings:OPTIM_RULES",        # optim.*
+              "seqvae_cli.training.settings:TRAINER_RULES",      # trainer.*
+              "seqvae_cli.training.settings:check_run_flags",
+              "seqvae_cli.objective.elbo:check_free_bits",
+              "seqvae_cli.training.settings:check_lr_floor",
+              "seqvae_cli.objective.elbo:check_pretraining",
+              "seqvae_cli.training.settings:check_weight_average"),
+    "eval": ("seqvae_cli.config.runtime:RULES",
+             "seqvae_cli.cli.apps:RUN_RULES",                    # checkpoint, split, seed
+             "seqvae_cli.cli.apps:EVAL_RULES",                   # iw_samples, batch_size, ...
+             "seqvae_cli.evaluation.series:RULES"),              # score
+    "sample": ("seqvae_cli.config.runtime:RULES",
+               "seqvae_cli.cli.apps:RUN_RULES",
+               "seqvae_cli.visuals:RULES",                       # what every kind draws
+               "seqvae_cli.visuals.images:RULES",
+               "seqvae_cli.visuals.text:RULES",
+               "seqvae_cli.models.decoding:RULES",               # temperature, top_k, top_p, beam_width, ...
+               "seqvae_cli.visuals.series:RULES",
+               "seqvae_cli.evaluation.series:RULES"),
+}
+
+# The config slots whose `_target_` names a part (parts.PARTS); the part's class declares the slot's keys' rules.
+PART_SLOTS = ("data", "model", "prior", "posterior")
+
+
+def _load(ref: str) -> Any:
+    module, _, name = ref.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def verb_of(cfg: DictConfig, verb: str | None = None) -> str:
+    """The verb a config is for: `verb`, else its task_name (train, eval or sample)."""
+    verb = verb or str(cfg.get("task_name", ""))
+    if verb not in CONSUMERS:
+        raise ValueError(f"validate() needs the verb ({', '.join(CONSUMERS)}); got {verb!r}")
+    return verb
+
+
+def part_class(cfg: DictConfig, slot: str) -> type | None:
+    """The registered class `slot._target_` names (parts.PARTS), or None (no such slot, or a name the build gate
+    refuses later with its own message)."""
+    from seqvae_cli.parts import PARTS
+    target = OmegaConf.select(cfg, f"{slot}._target_", default=None, throw_on_missing=False)
+    return PARTS[slot].get(target) if isinstance(target, str) else None
+
+
+def rule_sources(cfg: DictConfig, verb: str | None = None) -> list[tuple[str, dict[str, Rule]]]:
+    """(where, {full key: rule}) of every rule that applies to this config, in CONSUMERS' order."""
+    sources = []
+    for ref in CONSUMERS[verb_of(cfg, verb)]:
+        if ref in PART_SLOTS:
+            cls = part_class(cfg, ref)
+            if cls is not None:
+                sources.append((f"{cls.__module__}.{cls.__qualname__}.RULES",
+                                {f"{ref}.{key}": rule for key, rule in cls.RULES.items()}))
+        elif isinstance(table := _load(ref), Mapping):
+            sources.append((ref, dict(table)))
+    return sources
+
+
+def rules_for(cfg: DictConfig, verb: str | None = None) -> dict[str, Rule]:
+    """Every key's rule for this config, in checking order."""
+    return {key: rule for _, table in rule_sources(cfg, verb) for key, rule in table.items()}
+
+
+def cross_checks(verb: str) -> Iterable[Callable[[DictConfig], None]]:
+    return [fn for ref in CONSUMERS[verb] if ref not in PART_SLOTS and callable(fn := _load(ref))]
+
+
+def validate(cfg: DictConfig, verb: str | None = None) -> None:
+    """Raise SeqvaeError on a required value left unset (???), on the first value outside what its key allows, or
+    on settings that contradict each other. `verb` defaults to the config's task_name."""
+    verb = verb_of(cfg, verb)
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         raise SeqvaeError(f"config error: {missing[0]} is required but not set (set it with {missing[0]}=...)")
-    for key, (ok, allowed) in rules.items():
+    for key, rule in rules_for(cfg, verb).items():
         if OmegaConf.select(cfg, key, default="__absent__", throw_on_missing=False) == "__absent__":
-            continue
-        value = OmegaConf.select(cfg, key)
-        if isinstance(value, ListConfig):
-            value = list(value)
-        if not ok(value):
-            raise value_error(key, value, (ok, allowed))
-    if OmegaConf.select(cfg, "trainer.overwrite", default=False) and \
-            OmegaConf.select(cfg, "trainer.resume", default=False) is not False:
-        raise SeqvaeError("config error: trainer.overwrite=true starts a new run over the old one, and trainer.resume "
-                          "continues the old one; set only one of them")
-    if OmegaConf.select(cfg, "optimized_metric", default=None) == "val/iw_nll" and \
-            not OmegaConf.select(cfg, "trainer.val_iw_samples", default=0):
-        raise SeqvaeError("config error: optimized_metric=val/iw_nll needs the validation IW-NLL, but "
-                          "trainer.val_iw_samples is 0; set trainer.val_iw_samples=K (e.g. 50)")
-    iw_samples = OmegaConf.select(cfg, "objective.iw_samples", default=1) or 1
-    free_bits = {k: OmegaConf.select(cfg, f"objective.free_bits.{k}", default=0) or 0 for k in ("per_dim", "total")}
-    if iw_samples > 1 and any(free_bits.values()):
-        key = next(k for k, v in free_bits.items() if v)
-        raise SeqvaeError(f"config error: objective.free_bits.{key}={free_bits[key]} has no meaning for the IWAE "
-                          f"bound (objective.iw_samples={iw_samples}): free bits floor the KL term of the ELBO, "
-                          f"which the importance-weighted bound does not have; set objective.free_bits.{key}=0 "
-                          f"or objective.iw_samples=1")
-    lr, lr_min = OmegaConf.select(cfg, "optim.lr", default=None), OmegaConf.select(cfg, "optim.lr_min", default=None)
-    cosine = OmegaConf.select(cfg, "optim.lr_schedule", default=None) == "cosine"
-    if cosine and lr is not None and lr_min is not None and lr_min > lr:
-        raise SeqvaeError(f"config error: optim.lr_min={lr_min} is above optim.lr={lr}: the cosine schedule would "
-                          f"raise the learning rate; set optim.lr_min below optim.lr (e.g. optim.lr_min={lr / 100:g})")
-    # Checked here, before any data loads; training/loop.py re-checks against max_steps once batch counts are known.
-    pretrain = OmegaConf.select(cfg, "objective.ae_pretrain_epochs", default=0) or 0
-    epochs = OmegaConf.select(cfg, "trainer.max_epochs", default=None)
-    if epochs is not None and pretrain >= epochs:
-        raise SeqvaeError(f"config error: objective.ae_pretrain_epochs={pretrain} leaves no VAE epoch within "
-                          f"trainer.max_epochs={epochs}; lower the first or raise the second")
-    if pretrain and OmegaConf.select(cfg, "objective.aggressive.enabled", default=False):
-        raise SeqvaeError(f"config error: objective.aggressive.enabled=true (He et al. 2019) and "
-                          f"objective.ae_pretrain_epochs={pretrain} (Li et al. 2019) are two different cures for "
-                          f"posterior collapse; choose one (set objective.ae_pretrain_epochs=0 or "
-                          f"objective.aggressive.enabled=false)")
-    average = OmegaConf.select(cfg, "trainer.weight_average", default=None)
-    if average is not None and average.kind != "none" and epochs is not None and \
-            average.start_epoch >= epochs:
-        raise SeqvaeError(f"config error: trainer.weight_average.start_epoch={average.start_epoch} is not below "
-                          f"trainer.max_epochs={epochs}, so no weights would ever be averaged; lower "
-                          f"start_epoch or set trainer.weight_average.kind=none")
+            continue   # keys of another kind of data or model (text-only keys on MNIST)
+        check_value(key, OmegaConf.select(cfg, key), rule)
+    for check in cross_checks(verb):
+        check(cfg)

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from seqvae_cli.config.rules import one_of, optional_positive_int
 from seqvae_cli.errors import SeqvaeError
 from seqvae_cli.training.distributed import RUN_STAMP_ENV
 from seqvae_cli.training.runfolder import is_seqvae_run, not_writable_reason
@@ -71,6 +72,13 @@ def check_sweep_direction(metric: str, direction: str) -> None:
     if given != wanted:
         raise SeqvaeError(f"config error: hydra.sweeper.direction={given} but optimized_metric={metric} is better "
                           f"{'higher' if wanted == 'maximize' else 'lower'}; set hydra.sweeper.direction={wanted}")
+
+
+# The device group's keys, read by setup_device below (train, eval and sample).
+RULES = {
+    "device.type": one_of("auto", "cpu", "cuda", "mps"),
+    "device.num_threads": optional_positive_int(),
+}
 
 
 def pick_device(kind: str) -> torch.device:

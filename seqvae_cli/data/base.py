@@ -8,6 +8,7 @@ from typing import Iterator
 
 import torch
 
+from seqvae_cli.config.rules import Rule, number
 from seqvae_cli.errors import SeqvaeError
 
 Batch = dict[str, torch.Tensor]
@@ -51,6 +52,14 @@ class DataModule:
     eval_batch_size: int
     eval_iw_samples: int
     iw_rows_per_chunk: int = 65536  # examples x importance samples scored at once in the IW pass
+
+    # The rules of the constructor's keys (data.<key>), which validate() applies to the config and the constructor
+    # to its arguments (config/rules.check_arguments). Subclasses extend these with their own keys.
+    RULES: dict[str, Rule] = {
+        "batch_size": number(1, integer=True),
+        "eval_batch_size": number(1, integer=True),
+        "eval_iw_samples": number(1, integer=True),
+    }
 
     def setup(self, device: torch.device) -> None:
         raise NotImplementedError

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import torch
 
+from seqvae_cli.config.rules import BOOLEAN, check_arguments, number, one_of, seed_rule
 from seqvae_cli.data.base import DataModule, batch_limit, resolve_data_dir
 from seqvae_cli.errors import SeqvaeError
 
@@ -97,11 +98,22 @@ def read_mnist_split(raw: Path, images_file: str, labels_file: str) -> tuple[tor
 
 class MNISTData(DataModule):
     kind = "image"
+    RULES = {
+        "binarize": one_of("dynamic", "static", "none"),
+        "static_seed": seed_rule(),
+        "num_val": number(1, 59999, integer=True),
+        **DataModule.RULES,
+        "iw_rows_per_chunk": number(1, integer=True),
+        "download": BOOLEAN,
+    }
 
     def __init__(self, data_dir: str, binarize: str = "dynamic", static_seed: int = 0,
                  num_val: int = 10000, batch_size: int = 128, eval_batch_size: int = 1000,
                  eval_iw_samples: int = 5000, iw_rows_per_chunk: int = 65536, download: bool = True,
                  name: str = "mnist") -> None:
+        check_arguments("data", self.RULES, binarize=binarize, static_seed=static_seed, num_val=num_val,
+                        batch_size=batch_size, eval_batch_size=eval_batch_size, eval_iw_samples=eval_iw_samples,
+                        iw_rows_per_chunk=iw_rows_per_chunk, download=download)
         self.data_dir, self.binarize, self.static_seed = data_dir, binarize, static_seed
         self.num_val, self.batch_size, self.eval_batch_size = num_val, batch_size, eval_batch_size
         self.eval_iw_samples, self.iw_rows_per_chunk, self.download = eval_iw_samples, iw_rows_per_chunk, download

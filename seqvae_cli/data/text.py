@@ -19,6 +19,7 @@ from typing import Iterator, Sequence
 
 import torch
 
+from seqvae_cli.config.rules import BOOLEAN, check_arguments, number, one_of, optional_positive_int, value_error
 from seqvae_cli.data.base import Batch, DataModule, batch_limit, read_text_file, resolve_data_dir
 from seqvae_cli.errors import SeqvaeError
 
@@ -57,8 +58,7 @@ def tokenize(line: str, tokenizer: str = "whitespace", lowercase: bool = False) 
         return line.split()
     if tokenizer == "simple":
         return _SIMPLE.findall(line)
-    raise SeqvaeError(f"config error: data.tokenizer={tokenizer!r} is not allowed; expected one of: "
-                      f"{', '.join(TOKENIZERS)} (fix it with the override data.tokenizer=...)")
+    raise value_error("data.tokenizer", tokenizer, TextData.RULES["tokenizer"])
 
 
 def read_sentences(path: Path, tokenizer: str, lowercase: bool) -> list[list[str]]:
@@ -154,6 +154,18 @@ class TextData(DataModule):
     """Sentences from three text files (train/val/test), e.g. the Penn Treebank (conf/data/ptb.yaml)."""
 
     kind = "text"
+    RULES = {
+        "relative_to": one_of(*RELATIVE_TO),
+        "lowercase": BOOLEAN,
+        "tokenizer": one_of(*TOKENIZERS),
+        "min_freq": number(1, integer=True),
+        "max_size": optional_positive_int(),
+        "max_train_len": optional_positive_int(),
+        **DataModule.RULES,
+        "bucket_size": number(1, integer=True),
+        "iw_rows_per_chunk": number(1, integer=True),
+        "download": BOOLEAN,
+    }
 
     def __init__(self, train_file: str, val_file: str, test_file: str, data_dir: str = ".",
                  relative_to: str = "data_dir", lowercase: bool = False, tokenizer: str = "whitespace",
@@ -161,22 +173,10 @@ class TextData(DataModule):
                  batch_size: int = 32, eval_batch_size: int = 256, eval_iw_samples: int = 500,
                  bucket_size: int = 100, iw_rows_per_chunk: int = 4096, download: bool = False,
                  name: str = "text") -> None:
-        if tokenizer not in TOKENIZERS:
-            raise SeqvaeError(f"config error: data.tokenizer={tokenizer!r} is not allowed; expected one of: "
-                              f"{', '.join(TOKENIZERS)} (fix it with the override data.tokenizer=...)")
-        if relative_to not in RELATIVE_TO:
-            raise SeqvaeError(f"config error: data.relative_to={relative_to!r} is not allowed; expected one of: "
-                              f"{', '.join(RELATIVE_TO)} (fix it with the override data.relative_to=...)")
-        for key, value, lo in (("min_freq", min_freq, 1), ("batch_size", batch_size, 1),
-                               ("eval_batch_size", eval_batch_size, 1), ("bucket_size", bucket_size, 1),
-                               ("iw_rows_per_chunk", iw_rows_per_chunk, 1)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < lo:
-                raise SeqvaeError(f"config error: data.{key}={value!r} is not allowed; expected an integer >= {lo} "
-                                  f"(fix it with the override data.{key}=...)")
-        for key, value in (("max_size", max_size), ("max_train_len", max_train_len)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise SeqvaeError(f"config error: data.{key}={value!r} is not allowed; expected null or an integer "
-                                  f">= 1 (fix it with the override data.{key}=...)")
+        check_arguments("data", self.RULES, tokenizer=tokenizer, relative_to=relative_to, min_freq=min_freq,
+                        batch_size=batch_size, eval_batch_size=eval_batch_size, bucket_size=bucket_size,
+                        iw_rows_per_chunk=iw_rows_per_chunk, max_size=max_size, max_train_len=max_train_len,
+                        lowercase=lowercase, eval_iw_samples=eval_iw_samples, download=download)
         self.name, self.data_dir, self.relative_to = name, data_dir, relative_to
         self.files = {"train": train_file, "val": val_file, "test": test_file}
         self.lowercase, self.tokenizer = bool(lowercase), tokenizer

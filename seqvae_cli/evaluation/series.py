@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from seqvae_cli.config.rules import one_of, value_error
 from seqvae_cli.evaluation.baselines import rolling_zscore_scores
 from seqvae_cli.evaluation.ranking import classification_metrics
 from seqvae_cli.errors import SeqvaeError
@@ -22,10 +23,14 @@ if TYPE_CHECKING:   # evaluate.py calls this module
 SCORES = ("neg_elbo", "rec", "iw_nll")
 
 
+# `score`: eval's per-window anomaly score, and sample's anomaly_scores.png (visuals/series.py).
+RULES = {"score": one_of(*SCORES)}
+
+
 def pick_score(per_example: dict, score: str) -> torch.Tensor:
     """The per-example values [N] of `score` out of an Evaluation's per_example."""
     if score not in SCORES:
-        raise SeqvaeError(f"config error: score={score!r} is not allowed; expected one of: {', '.join(SCORES)}")
+        raise value_error("score", score, RULES["score"])
     if score not in per_example:
         raise SeqvaeError(f"score={score} needs importance samples: give iw_samples > 0 (seqvae eval "
                           f"iw_samples=100), or use score=neg_elbo or score=rec")

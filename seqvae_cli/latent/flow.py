@@ -19,6 +19,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from seqvae_cli.config.rules import check_arguments, number
 from seqvae_cli.errors import SeqvaeError
 from seqvae_cli.latent.posterior import DiagonalGaussian, GaussianPosterior, Posterior
 
@@ -95,7 +96,10 @@ def planar_steps(u: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> Flow:
 class PlanarPosterior(nn.Module):
     """posterior=planar: the Gaussian head, and a linear map of h to every step's u, w, b."""
 
+    RULES = {"num_flows": number(1, integer=True)}
+
     def __init__(self, in_features: int, latent_dim: int, num_flows: int = 10, name: str = "planar") -> None:
+        check_arguments("posterior", self.RULES, num_flows=num_flows)
         super().__init__()
         self.latent_dim, self.num_flows = latent_dim, num_flows
         self.gaussian = GaussianPosterior(in_features, latent_dim)
@@ -159,8 +163,13 @@ class IAFStep(nn.Module):
 class IAFPosterior(nn.Module):
     """posterior=iaf: the Gaussian head, a context c = linear(h), and num_flows autoregressive steps."""
 
+    RULES = {"num_flows": number(1, integer=True), "hidden_size": number(1, integer=True),
+             "context_size": number(1, integer=True)}
+
     def __init__(self, in_features: int, latent_dim: int, num_flows: int = 2, hidden_size: int = 320,
                  context_size: int = 32, name: str = "iaf") -> None:
+        check_arguments("posterior", self.RULES, num_flows=num_flows, hidden_size=hidden_size,
+                        context_size=context_size)
         super().__init__()
         self.gaussian = GaussianPosterior(in_features, latent_dim)
         self.context = nn.Linear(in_features, context_size)

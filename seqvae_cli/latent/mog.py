@@ -9,12 +9,18 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from seqvae_cli.config.rules import BOOLEAN, check_arguments, number
 from seqvae_cli.latent.prior import Prior, mixture_log_prob, mixture_sample
 
 
 class MixturePrior(Prior):
+    RULES = {"num_components": number(1, integer=True), "learn_weights": BOOLEAN,
+             "init_spread": number(0, lo_open=True)}
+
     def __init__(self, latent_dim: int, num_components: int = 10, learn_weights: bool = True,
                  init_spread: float = 1.0, name: str = "mog") -> None:
+        check_arguments("prior", self.RULES, num_components=num_components, learn_weights=learn_weights,
+                        init_spread=init_spread)
         super().__init__()
         self.latent_dim, self.num_components = latent_dim, num_components
         # Means spread like draws of N(0, init_spread^2) and unit variances: the mixture starts about as wide as

@@ -151,6 +151,8 @@ class DiagonalGaussian(Posterior):
 class GaussianPosterior(nn.Module):
     """posterior=gaussian: two linear maps of the encoder's summary h give the mean and the log-variance."""
 
+    RULES: dict = {}   # posterior.<key> rules (config/rules.py): the Gaussian has no keys
+
     def __init__(self, in_features: int, latent_dim: int) -> None:
         super().__init__()
         self.mu_head = nn.Linear(in_features, latent_dim)

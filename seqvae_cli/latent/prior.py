@@ -19,6 +19,9 @@ LOG_2PI = math.log(2 * math.pi)
 
 class Prior(nn.Module):
     latent_dim: int
+    # The rules of the constructor's keys (prior.<key>): validate() applies them to the config, the constructor
+    # to its arguments (config/rules.check_arguments).
+    RULES: dict = {}
 
     def log_prob(self, z: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError

@@ -13,6 +13,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from seqvae_cli.config.rules import check_arguments, number
 from seqvae_cli.latent.posterior import DiagonalGaussian
 from seqvae_cli.latent.prior import Prior, mixture_log_prob, mixture_sample
 
@@ -20,8 +21,11 @@ from seqvae_cli.latent.prior import Prior, mixture_log_prob, mixture_sample
 class VampPrior(Prior):
     needs_inputs = True   # LatentModel.use_latent passes the model's input shape and binds its encoder
 
+    RULES = {"num_components": number(1, integer=True), "init_mean": number(0, 1), "init_std": number(0)}
+
     def __init__(self, latent_dim: int, input_shape: tuple[int, ...], num_components: int = 500,
                  init_mean: float = 0.05, init_std: float = 0.01, name: str = "vamp") -> None:
+        check_arguments("prior", self.RULES, num_components=num_components, init_mean=init_mean, init_std=init_std)
         super().__init__()
         self.latent_dim, self.num_components = latent_dim, num_components
         # Tomczak & Welling's initialisation for MNIST: pseudo-pixels near 0.05, kept in [0, 1] by a hard tanh.

@@ -21,6 +21,7 @@ from typing import Callable, Iterator
 import torch
 from torch import nn
 
+from seqvae_cli.config.rules import Rule, number
 from seqvae_cli.data.base import Batch
 from seqvae_cli.errors import SeqvaeError
 from seqvae_cli.latent.posterior import DiagonalGaussian, GaussianPosterior, Posterior
@@ -47,6 +48,9 @@ class LatentModel(nn.Module):
     variational: bool = True
     prior: Prior
     posterior_head: nn.Module
+    # The rules of the constructor's keys (model.<key>), which validate() applies to the config and the constructor
+    # to its arguments (config/rules.check_arguments). Subclasses with a latent extend these with their own keys.
+    RULES: dict[str, Rule] = {"latent_dim": number(1, integer=True)}
 
     def __init__(self) -> None:
         super().__init__()

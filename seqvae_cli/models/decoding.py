@@ -18,10 +18,22 @@ from dataclasses import dataclass
 import torch
 from tqdm import tqdm
 
+from seqvae_cli.config.rules import check_arguments, number
 from seqvae_cli.errors import SeqvaeError
 from seqvae_cli.models.base import eval_mode
 
 STRATEGIES = ("greedy", "sample", "beam")
+
+
+# The decoding settings of `seqvae sample` (read by sample() and beam_search() below, which hold their arguments
+# to the same rules).
+RULES = {
+    "temperature": number(0),
+    "top_k": number(0, integer=True),
+    "top_p": number(0, 1, lo_open=True),
+    "beam_width": number(1, integer=True),
+    "length_penalty": number(0),
+}
 
 
 # A decode that runs longer than this many seconds shows a progress bar (label given: seqvae sample's decodes).
@@ -110,9 +122,7 @@ def sample(model, z: torch.Tensor | None = None, n: int | None = None, max_len: 
            top_p: float = 1.0, progress: str | None = None) -> Decoded:
     """Ancestral sampling, optionally tempered and restricted to the top k / the nucleus of mass top_p.
     temperature=0 is greedy decoding."""
-    if temperature < 0 or not 0.0 < top_p <= 1.0 or top_k < 0:
-        raise SeqvaeError(f"sampling needs temperature >= 0, 0 < top_p <= 1 and top_k >= 0 "
-                          f"(got temperature={temperature}, top_p={top_p}, top_k={top_k})")
+    check_arguments("", RULES, temperature=temperature, top_k=top_k, top_p=top_p)
     if temperature == 0:
         return greedy(model, z, n, max_len, progress)
 
@@ -129,8 +139,7 @@ def beam_search(model, z: torch.Tensor | None = None, n: int | None = None, beam
     """Beam search, batched over sentences. A finished hypothesis stays in its beam with a fixed score;
     the search ends when every beam's hypotheses are finished or at max_len. Returns, per sentence, the
     hypothesis with the best total log-probability (divided by length**length_penalty when > 0)."""
-    if beam_width < 1:
-        raise SeqvaeError(f"beam_width must be >= 1 (got {beam_width})")
+    check_arguments("", RULES, beam_width=beam_width)
     k = beam_width
     with eval_mode(model), _steps(max_len, progress) as steps:
         n, state, _, device = _start(model, z, n)

@@ -8,8 +8,8 @@ from torch import nn
 from seqvae_cli.data.base import Batch
 from seqvae_cli.errors import SeqvaeError
 from seqvae_cli.models.base import LatentModel
-from seqvae_cli.models.sentence_vae import _TextDecoderMixin, _check_common
-from seqvae_cli.nn.rnn import RNNDecoder, TokenIO
+from seqvae_cli.models.sentence_vae import DECODER_KEYS, _TextDecoderMixin, _check_common
+from seqvae_cli.nn.rnn import RNN_RULES, RNNDecoder, TokenIO
 
 
 class LSTMLM(_TextDecoderMixin, LatentModel):
@@ -17,6 +17,7 @@ class LSTMLM(_TextDecoderMixin, LatentModel):
 
     latent_dim = 0
     variational = False
+    RULES = {key: RNN_RULES[key] for key in DECODER_KEYS}     # no latent: LatentModel's latent_dim is not a key
 
     def __init__(self, vocab_size: int, pad_id: int = 0, unk_id: int = 1, sos_id: int = 2, eos_id: int = 3,
                  embed_dim: int = 256, hidden_size: int = 256, rnn: str = "lstm", decoder_layers: int = 1,
@@ -25,7 +26,7 @@ class LSTMLM(_TextDecoderMixin, LatentModel):
                  name: str = "lstm_lm") -> None:
         super().__init__()
         _check_common(embed_dim, hidden_size, rnn, decoder_layers, word_dropout, embed_dropout, output_dropout,
-                      weight_drop, vocab_size, packed)
+                      weight_drop, vocab_size, packed, tie_weights)
         self.io = TokenIO(vocab_size, embed_dim, hidden_size, pad_id, unk_id, sos_id, eos_id, word_dropout,
                           embed_dropout, output_dropout, tie_weights)
         self.decoder = RNNDecoder(embed_dim, hidden_size, decoder_layers, rnn, 0, "init", packed, weight_drop)

@@ -42,5 +42,9 @@ class lstm_vae:  # noqa: N801 - named like the config option it serves
     SeriesLSTMVAE, never an instance of this class. A class rather than a function only because config tooling
     (hydra.utils.get_class, e.g. in tests/test_compose.py) locates model targets as classes."""
 
+    # Its config holds the keys of both models (each model checks its own when built); a key they share has one
+    # rule (nn/rnn.RNN_RULES, LatentModel.RULES).
+    RULES = {**LSTMVAE.RULES, **SeriesLSTMVAE.RULES}
+
     def __new__(cls, **kwargs) -> LatentModel:  # type: ignore[misc]
         return build_lstm_vae(**kwargs)

@@ -6,8 +6,8 @@ import math
 import torch
 from torch import nn
 
+from seqvae_cli.config.rules import check_arguments, one_of, positive_int_list
 from seqvae_cli.data.base import Batch
-from seqvae_cli.errors import SeqvaeError
 from seqvae_cli.models.base import LatentModel
 from seqvae_cli.nn.kernels import bernoulli_log_prob
 from seqvae_cli.nn.mlp import ACTIVATIONS, mlp
@@ -20,11 +20,18 @@ class MLPVAE(LatentModel):
     same seed gives the same initial weights as that script.
     """
 
+    RULES = {
+        "hidden_sizes": positive_int_list(),
+        "activation": one_of(*ACTIVATIONS),
+        **LatentModel.RULES,
+        "likelihood": one_of("bernoulli", "gaussian"),
+    }
+
     def __init__(self, input_dim: int, hidden_sizes: list[int], latent_dim: int, activation: str = "relu",
                  likelihood: str = "bernoulli", name: str = "mlp_vae") -> None:
         super().__init__()
-        if activation not in ACTIVATIONS:
-            raise SeqvaeError(f"model.activation={activation!r} is not allowed; expected one of {sorted(ACTIVATIONS)}")
+        check_arguments("model", self.RULES, hidden_sizes=hidden_sizes, activation=activation, latent_dim=latent_dim,
+                        likelihood=likelihood)
         hidden = list(hidden_sizes)
         self.input_dim, self.latent_dim, self.likelihood = input_dim, latent_dim, likelihood
         self.pseudo_input_shape = (input_dim,)

@@ -7,25 +7,25 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from seqvae_cli.config.rules import check_arguments
 from seqvae_cli.data.base import Batch
 from seqvae_cli.errors import SeqvaeError
 from seqvae_cli.models.base import LatentModel
-from seqvae_cli.models.checks import _check, _positive_int, _probability
-from seqvae_cli.nn.rnn import RNNDecoder, RNNEncoder, RNNS, State, TokenIO, Z_CONDITIONING
+from seqvae_cli.nn.rnn import RNN_RULES, RNNDecoder, RNNEncoder, State, TokenIO
 
 
 # ------------------------------------------------------------------------------------------ models
 
+# The keys of the token decoder that the sentence VAE and the language model share.
+DECODER_KEYS = ("packed", "embed_dim", "hidden_size", "rnn", "decoder_layers", "word_dropout", "embed_dropout",
+                "output_dropout", "weight_drop", "tie_weights")
+
+
 def _check_common(embed_dim, hidden_size, rnn, decoder_layers, word_dropout, embed_dropout, output_dropout,
-                  weight_drop, vocab_size, packed) -> None:
-    _check(packed is None or isinstance(packed, bool), "packed", packed, "null (auto), true or false")
-    _check(_positive_int(embed_dim), "embed_dim", embed_dim, "a positive integer")
-    _check(_positive_int(hidden_size), "hidden_size", hidden_size, "a positive integer")
-    _check(rnn in RNNS, "rnn", rnn, "one of: " + ", ".join(RNNS))
-    _check(_positive_int(decoder_layers), "decoder_layers", decoder_layers, "a positive integer")
-    for key, value in (("word_dropout", word_dropout), ("embed_dropout", embed_dropout),
-                       ("output_dropout", output_dropout), ("weight_drop", weight_drop)):
-        _check(_probability(value), key, value, "a number in [0, 1)")
+                  weight_drop, vocab_size, packed, tie_weights) -> None:
+    check_arguments("model", RNN_RULES, packed=packed, embed_dim=embed_dim, hidden_size=hidden_size, rnn=rnn,
+                    decoder_layers=decoder_layers, word_dropout=word_dropout, embed_dropout=embed_dropout,
+                    output_dropout=output_dropout, weight_drop=weight_drop, tie_weights=tie_weights)
     if vocab_size < 5:
         raise SeqvaeError(f"the vocabulary has {vocab_size} entries (4 are specials): the text data is too small "
                           f"to train on; check data.min_freq/max_size and the training file")
@@ -84,6 +84,8 @@ class LSTMVAE(_TextDecoderMixin, LatentModel):
     variational = True
     # Without gradients, log_likelihood decodes at most this many sentence copies per pass.
     max_rows_per_pass = 4096
+    RULES = {**LatentModel.RULES,
+             **{key: RNN_RULES[key] for key in DECODER_KEYS + ("encoder_layers", "bidirectional", "z_conditioning")}}
 
     def __init__(self, vocab_size: int, pad_id: int = 0, unk_id: int = 1, sos_id: int = 2, eos_id: int = 3,
                  embed_dim: int = 256, hidden_size: int = 256, latent_dim: int = 32, rnn: str = "lstm",
@@ -93,11 +95,9 @@ class LSTMVAE(_TextDecoderMixin, LatentModel):
                  packed: bool | None = None, name: str = "lstm_vae") -> None:
         super().__init__()
         _check_common(embed_dim, hidden_size, rnn, decoder_layers, word_dropout, embed_dropout, output_dropout,
-                      weight_drop, vocab_size, packed)
-        _check(_positive_int(latent_dim), "latent_dim", latent_dim, "a positive integer")
-        _check(_positive_int(encoder_layers), "encoder_layers", encoder_layers, "a positive integer")
-        _check(z_conditioning in Z_CONDITIONING, "z_conditioning", z_conditioning,
-               "one of: " + ", ".join(Z_CONDITIONING))
+                      weight_drop, vocab_size, packed, tie_weights)
+        check_arguments("model", self.RULES, latent_dim=latent_dim, encoder_layers=encoder_layers,
+                        bidirectional=bidirectional, z_conditioning=z_conditioning)
         self.latent_dim = latent_dim
         self.io = TokenIO(vocab_size, embed_dim, hidden_size, pad_id, unk_id, sos_id, eos_id, word_dropout,
                           embed_dropout, output_dropout, tie_weights)

@@ -6,12 +6,12 @@ import math
 import torch
 from torch import nn
 
+from seqvae_cli.config.rules import BOOLEAN, check_arguments, number, one_of
 from seqvae_cli.data.base import Batch
 from seqvae_cli.errors import SeqvaeError
 from seqvae_cli.latent.prior import LOG_2PI
 from seqvae_cli.models.base import LatentModel, eval_mode
-from seqvae_cli.models.checks import _check, _positive_int
-from seqvae_cli.nn.rnn import RNNDecoder, RNNEncoder, RNNS, State, Z_CONDITIONING
+from seqvae_cli.nn.rnn import RNN_RULES, RNNDecoder, RNNEncoder, State
 
 
 # ------------------------------------------------------------------------------------ time series
@@ -92,6 +92,16 @@ class SeriesLSTMVAE(LatentModel):
     variational = True
     # Without gradients, log_likelihood decodes at most this many sequence copies per pass (IW scoring).
     max_rows_per_pass = 4096
+    RULES = {
+        "project_input": BOOLEAN,
+        **{key: RNN_RULES[key] for key in ("embed_dim", "hidden_size")},
+        **LatentModel.RULES,
+        **{key: RNN_RULES[key] for key in ("rnn", "encoder_layers", "bidirectional", "decoder_layers",
+                                            "z_conditioning")},
+        "series_decoder": one_of(*SERIES_DECODERS),
+        "output_std": one_of(*OUTPUT_STDS),
+        "fixed_std": number(0, lo_open=True),
+    }
 
     def __init__(self, num_channels: int, seq_len: int, embed_dim: int = 32, project_input: bool = True,
                  hidden_size: int = 64, latent_dim: int = 16, rnn: str = "lstm", encoder_layers: int = 1,
@@ -99,24 +109,14 @@ class SeriesLSTMVAE(LatentModel):
                  z_conditioning: str = "init", output_std: str = "learned_channel", fixed_std: float = 0.1,
                  name: str = "lstm_vae") -> None:
         super().__init__()
-        _check(_positive_int(num_channels), "num_channels (from the data)", num_channels, "a positive integer")
-        _check(_positive_int(seq_len), "seq_len (from the data)", seq_len, "a positive integer")
-        _check(isinstance(project_input, bool), "project_input", project_input, "true or false")
-        if project_input:
-            _check(_positive_int(embed_dim), "embed_dim", embed_dim, "a positive integer")
-        _check(_positive_int(hidden_size), "hidden_size", hidden_size, "a positive integer")
-        _check(_positive_int(latent_dim), "latent_dim", latent_dim, "a positive integer")
-        _check(rnn in RNNS, "rnn", rnn, "one of: " + ", ".join(RNNS))
-        _check(_positive_int(encoder_layers), "encoder_layers", encoder_layers, "a positive integer")
-        _check(isinstance(bidirectional, bool), "bidirectional", bidirectional, "true or false")
-        _check(_positive_int(decoder_layers), "decoder_layers", decoder_layers, "a positive integer")
-        _check(series_decoder in SERIES_DECODERS, "series_decoder", series_decoder,
-               "one of: " + ", ".join(SERIES_DECODERS))
-        _check(z_conditioning in Z_CONDITIONING, "z_conditioning", z_conditioning,
-               "one of: " + ", ".join(Z_CONDITIONING))
-        _check(output_std in OUTPUT_STDS, "output_std", output_std, "one of: " + ", ".join(OUTPUT_STDS))
-        _check(isinstance(fixed_std, (int, float)) and not isinstance(fixed_std, bool) and fixed_std > 0,
-               "fixed_std", fixed_std, "a number > 0 (a std in normalised units, e.g. 0.1)")
+        for what, value in (("num_channels", num_channels), ("seq_len", seq_len)):   # shapes of the data
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise SeqvaeError(f"the data gives {what}={value!r}: the series model needs a positive integer")
+        check_arguments("model", self.RULES, project_input=project_input,
+                        **({"embed_dim": embed_dim} if project_input else {}),   # unused without the projection
+                        hidden_size=hidden_size, latent_dim=latent_dim, rnn=rnn, encoder_layers=encoder_layers,
+                        bidirectional=bidirectional, decoder_layers=decoder_layers, series_decoder=series_decoder,
+                        z_conditioning=z_conditioning, output_std=output_std, fixed_std=fixed_std)
         self.num_channels, self.seq_len, self.latent_dim = num_channels, seq_len, latent_dim
         self.series_decoder, self.output_std = series_decoder, output_std
         features = embed_dim if project_input else num_channels

@@ -29,10 +29,30 @@ from torch.func import functional_call
 from torch.nn import functional as F
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from seqvae_cli.config.rules import BOOLEAN, number, one_of, probability
 from seqvae_cli.errors import SeqvaeError
 
 RNNS = {"lstm": nn.LSTM, "gru": nn.GRU}
 Z_CONDITIONING = ("init", "concat", "both")
+
+
+# The rules of the model keys (model.<key>) the modules below take: the sequence models (models/sentence_vae.py,
+# lstm_lm.py, series_vae.py) pick theirs from here into their RULES, so a key shared by two models has one rule.
+RNN_RULES = {
+    "embed_dim": number(1, integer=True),
+    "hidden_size": number(1, integer=True),
+    "rnn": one_of(*RNNS),
+    "encoder_layers": number(1, integer=True),
+    "bidirectional": BOOLEAN,
+    "decoder_layers": number(1, integer=True),
+    "z_conditioning": one_of(*Z_CONDITIONING),
+    "word_dropout": probability(),
+    "embed_dropout": probability(),
+    "output_dropout": probability(),
+    "weight_drop": probability(),
+    "tie_weights": BOOLEAN,
+    "packed": (lambda v: v is None or isinstance(v, bool), "null (auto), true or false"),
+}
 
 
 State = tuple[torch.Tensor, ...]

@@ -7,14 +7,59 @@ import math
 from dataclasses import dataclass
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from seqvae_cli.config.rules import BOOLEAN, number
 from seqvae_cli.data.base import Batch
 from seqvae_cli.errors import SeqvaeError
 from seqvae_cli.models.base import LatentModel
 from seqvae_cli.objective.schedule import KLSchedule
 
+# ------------------------------------------------------------------------------ the objective's keys
+
+# Read by Objective below (beta and kl_anneal.* by objective/schedule.py); ae_pretrain_epochs and aggressive.* also
+# by the trainer (training/loop.py, training/extras.py: Li et al. 2019's pre-training, He et al. 2019's updates).
+RULES = {
+    "objective.iw_samples": number(1, integer=True),
+    "objective.free_bits.per_dim": number(0),
+    "objective.free_bits.total": number(0),
+    "objective.bow_weight": number(0),
+    "objective.ae_pretrain_epochs": number(0, integer=True),
+    "objective.aggressive.enabled": BOOLEAN,
+    "objective.aggressive.max_inner_steps": number(1, integer=True),
+    "objective.aggressive.check_every": number(1, integer=True),
+}
+
+
+def check_free_bits(cfg: DictConfig) -> None:
+    """Free bits floor the ELBO's KL term, which the IWAE bound does not have."""
+    iw_samples = OmegaConf.select(cfg, "objective.iw_samples", default=1) or 1
+    free_bits = {k: OmegaConf.select(cfg, f"objective.free_bits.{k}", default=0) or 0 for k in ("per_dim", "total")}
+    if iw_samples > 1 and any(free_bits.values()):
+        key = next(k for k, v in free_bits.items() if v)
+        raise SeqvaeError(f"config error: objective.free_bits.{key}={free_bits[key]} has no meaning for the IWAE "
+                          f"bound (objective.iw_samples={iw_samples}): free bits floor the KL term of the ELBO, "
+                          f"which the importance-weighted bound does not have; set objective.free_bits.{key}=0 "
+                          f"or objective.iw_samples=1")
+
+
+def check_pretraining(cfg: DictConfig) -> None:
+    """AE pre-training must leave a VAE epoch, and is not combined with aggressive encoder updates. Checked here,
+    before any data loads; the trainer re-checks against trainer.max_steps once batch counts are known."""
+    pretrain = OmegaConf.select(cfg, "objective.ae_pretrain_epochs", default=0) or 0
+    epochs = OmegaConf.select(cfg, "trainer.max_epochs", default=None)
+    if epochs is not None and pretrain >= epochs:
+        raise SeqvaeError(f"config error: objective.ae_pretrain_epochs={pretrain} leaves no VAE epoch within "
+                          f"trainer.max_epochs={epochs}; lower the first or raise the second")
+    if pretrain and OmegaConf.select(cfg, "objective.aggressive.enabled", default=False):
+        raise SeqvaeError(f"config error: objective.aggressive.enabled=true (He et al. 2019) and "
+                          f"objective.ae_pretrain_epochs={pretrain} (Li et al. 2019) are two different cures for "
+                          f"posterior collapse; choose one (set objective.ae_pretrain_epochs=0 or "
+                          f"objective.aggressive.enabled=false)")
+
+
+# ------------------------------------------------------------------------------------- the objective
 
 @dataclass
 class Terms:

@@ -5,6 +5,19 @@ import math
 
 from omegaconf import DictConfig
 
+from seqvae_cli.config.rules import number, one_of
+
+# The keys KLSchedule.from_config reads.
+RULES = {
+    "objective.beta": number(0),
+    "objective.kl_anneal.schedule": one_of("constant", "linear", "sigmoid", "cyclical"),
+    "objective.kl_anneal.unit": one_of("steps", "epochs"),
+    "objective.kl_anneal.start": number(0),
+    "objective.kl_anneal.end": number(0),
+    "objective.kl_anneal.warmup": number(0),
+    "objective.kl_anneal.n_cycles": number(1, integer=True),
+    "objective.kl_anneal.ratio": number(0, 1, lo_open=True),
+}
 
 class KLSchedule:
     """The weight on the KL term: beta * anneal(t), t counted in steps or epochs (fractional)."""

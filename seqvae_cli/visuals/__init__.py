@@ -13,8 +13,17 @@ from types import ModuleType
 
 from torch.utils.tensorboard import SummaryWriter
 
+from seqvae_cli.config.rules import number
 from seqvae_cli.data.base import DataModule
 from seqvae_cli.models.base import LatentModel
+
+# `seqvae sample`'s keys that every kind's sample() reads; each kind's module declares the rules of its own keys.
+RULES = {
+    "num_samples": number(1, integer=True),
+    "num_reconstructions": number(1, integer=True),
+    "interpolation_steps": number(2, integer=True),
+}
+
 
 KINDS = {"image": "seqvae_cli.visuals.images", "text": "seqvae_cli.visuals.text", "series": "seqvae_cli.visuals.series"}
 

@@ -11,8 +11,18 @@ import torch
 from torch.utils.tensorboard import SummaryWriter
 from torchvision.utils import make_grid, save_image
 
+from seqvae_cli.config.rules import number, optional_positive_int
 from seqvae_cli.data.base import DataModule
 from seqvae_cli.models.base import LatentModel, eval_mode
+
+# `seqvae sample`'s keys that only the image figures read (sample() below).
+RULES = {
+    "traversal_steps": number(2, integer=True),
+    "traversal_range": number(0, lo_open=True),
+    "traversal_dims": optional_positive_int("every dimension"),
+    "manifold_size": number(2, integer=True),
+    "scatter_points": number(1, integer=True),
+}
 
 
 def _first_batch(dm: DataModule, split: str, n: int) -> dict:

@@ -15,12 +15,22 @@ import numpy as np
 import torch
 from torch.utils.tensorboard import SummaryWriter
 
+from seqvae_cli.config.rules import number, optional_positive_int
 from seqvae_cli.errors import SeqvaeError
 from seqvae_cli.evaluation.baselines import dominant_period, last_value_forecast, seasonal_naive_forecast
 from seqvae_cli.evaluation.series import pick_score
 from seqvae_cli.files import write_json_atomic
 from seqvae_cli.memory import check_fits, forecast_sample_bytes
 from seqvae_cli.models.base import eval_mode
+
+# `seqvae sample`'s keys that only the time-series figures read (sample() below; score: evaluation/series.py).
+RULES = {
+    "forecast_prefix": number(0, 1, lo_open=True),
+    "num_forecasts": number(1, integer=True),
+    "forecast_windows": number(1, integer=True),
+    "season": optional_positive_int("estimated"),
+}
+
 
 MAX_SERIES_PLOTS = 4      # windowed data: at most this many series in anomaly_scores.png
 MAX_FORECAST_PLOTS = 3    # forecasts: windows drawn (all `forecast_windows` are scored)

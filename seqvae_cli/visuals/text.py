@@ -8,10 +8,25 @@ import torch
 from omegaconf import ListConfig
 from torch.utils.tensorboard import SummaryWriter
 
+from seqvae_cli.config.rules import number
 from seqvae_cli.data.base import read_text_file
 from seqvae_cli.memory import check_fits, decoding_row_bytes
 from seqvae_cli.models.base import eval_mode
 from seqvae_cli.models.decoding import decode, homotopy, to_text
+
+# The longest decode `seqvae sample` runs (tokens per sentence): PTB's longest sentence has 83 tokens, and a model
+# that never emits <eos> would otherwise decode for as long as asked, minutes for max_len=1000000.
+MAX_DECODE_LEN = 1000
+
+
+# `seqvae sample`'s keys that only the text figures read (sample() below; the decoding keys: models/decoding.py).
+# sentences_file is a path: it has no rule.
+RULES = {
+    "sentences": (lambda v: v is None or isinstance(v, (str, int, float)) or
+                  (isinstance(v, list) and all(isinstance(s, (str, int, float)) for s in v)),
+                  "a sentence or a list of sentences, e.g. 'sentences=[the market fell,prices rose]'"),
+    "max_len": number(1, MAX_DECODE_LEN, integer=True),
+}
 
 
 def _markdown(lines: list[str]) -> str:

@@ -13,9 +13,9 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 
-from seqvae_cli.config.rules import one_of
+from seqvae_cli.config.rules import check_arguments, one_of
 from seqvae_cli.data.base import Batch, DataModule, batch_limit
-from seqvae_cli.data.series.windows import Normalizer, SPLITS, check, fit_normalizer
+from seqvae_cli.data.series.windows import Normalizer, SPLITS, fit_normalizer
 from seqvae_cli.errors import SeqvaeError
 
 if TYPE_CHECKING:  # windowed.py builds on this file
@@ -56,16 +56,15 @@ class SeriesData(DataModule):
     kind = "series"
     windowed = False
     NORMALIZE: tuple[str, ...] = ("zscore", "minmax", "none")
+    RULES = {"normalize": one_of(*NORMALIZE), **DataModule.RULES}
 
     def __init__(self, name: str, data_dir: str, normalize: str, batch_size: int, eval_batch_size: int,
                  eval_iw_samples: int) -> None:
         self.config_error: SeqvaeError | None = None
         self.name, self.data_dir, self.normalize = name, data_dir, normalize
         with self.deferred_errors():
-            check("normalize", normalize, one_of(*self.NORMALIZE))
-            check("batch_size", batch_size)
-            check("eval_batch_size", eval_batch_size)
-            check("eval_iw_samples", eval_iw_samples)
+            check_arguments("data", self.RULES, normalize=normalize, batch_size=batch_size,
+                            eval_batch_size=eval_batch_size, eval_iw_samples=eval_iw_samples)
             self.batch_size, self.eval_batch_size = int(batch_size), int(eval_batch_size)
             self.eval_iw_samples = int(eval_iw_samples)
         self.splits: dict[str, dict[str, torch.Tensor]] = {}
@@ -78,9 +77,9 @@ class SeriesData(DataModule):
 
     @contextmanager
     def deferred_errors(self) -> Iterator[None]:
-        """Keep the first config error of a constructor and raise it in setup(): hydra.utils.instantiate would
-        wrap an error raised in __init__ into a multi-line InstantiationException, while setup() errors
-        reach the CLI as the one line users should see. setup() still fails before any work is done."""
+        """Keep the first config error of a constructor (check_arguments against the class's RULES) and raise it
+        in setup(), which still fails before any work is done: a config passed validate() already, so only a
+        module built otherwise (from a checkpoint, or in code) gets here."""
         try:
             yield
         except SeqvaeError as exc:

@@ -8,11 +8,11 @@ from typing import Sequence
 
 import numpy as np
 
-from seqvae_cli.config.rules import one_of
+from seqvae_cli.config.rules import check_arguments, one_of
 from seqvae_cli.data.base import read_text_file, resolve_data_dir
 from seqvae_cli.data.series.windows import MAX_ABS_VALUE
 from seqvae_cli.data.series.windowed import RawSeries, WindowedSeriesData
-from seqvae_cli.data.series.windows import UNKNOWN, check
+from seqvae_cli.data.series.windows import UNKNOWN
 from seqvae_cli.errors import SeqvaeError
 
 # Cells that mean "no value" in a CSV file (compared lower-case, after stripping blanks).
@@ -131,6 +131,16 @@ def read_csv_series(path: Path, timestamp_column: str | None, value_columns: Seq
 class CSVData(WindowedSeriesData):
     """Your own series: one CSV file with a header, one row per timestamp (data=csv)."""
 
+    # timestamp_column and label_column are column names (free text, null = none): they have no rule.
+    RULES = {
+        "path": ((lambda v: isinstance(v, str) and v.strip() != ""), "the path of a CSV file"),
+        "relative_to": one_of("data_dir", "cwd"),
+        "delimiter": ((lambda v: isinstance(v, str) and len(v) == 1), "one character, e.g. ','"),
+        "value_columns": ((lambda v: v is None or isinstance(v, str) or (isinstance(v, (list, tuple)) and len(v) > 0)),
+                          "null (all numeric columns) or a non-empty list of column names"),
+        **WindowedSeriesData.RULES,
+    }
+
     def __init__(self, path: str, timestamp_column: str | None = None, value_columns: Sequence[str] | None = None,
                  label_column: str | None = None, delimiter: str = ",", data_dir: str = ".",
                  relative_to: str = "cwd", window: int = 64, stride: int = 1, test_stride: int = 1,
@@ -148,12 +158,8 @@ class CSVData(WindowedSeriesData):
             value_columns = [value_columns]
         self.value_columns = value_columns
         with self.deferred_errors():
-            check("path", path, ((lambda v: isinstance(v, str) and v.strip() != ""), "the path of a CSV file"))
-            check("relative_to", relative_to, one_of("cwd", "data_dir"))
-            check("delimiter", delimiter, ((lambda v: isinstance(v, str) and len(v) == 1), "one character, e.g. ','"))
-            check("value_columns", value_columns,
-                  ((lambda v: v is None or (isinstance(v, (list, tuple)) and len(v) > 0)),
-                   "null (all numeric columns) or a non-empty list of column names"))
+            check_arguments("data", self.RULES, path=path, relative_to=relative_to, delimiter=delimiter,
+                            value_columns=value_columns)
             self.value_columns = None if value_columns is None else [str(c) for c in value_columns]
 
     def resolve(self) -> Path:

@@ -8,11 +8,10 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from seqvae_cli.config.rules import one_of
+from seqvae_cli.config.rules import check_arguments, number, one_of, seed_rule
 from seqvae_cli.data.base import resolve_data_dir
 from seqvae_cli.data.series.base import Loaded, SeriesData, SplitArrays
 from seqvae_cli.data.series.csv import MAX_ABS_VALUE, _is_missing, _parse_number
-from seqvae_cli.data.series.windows import check
 from seqvae_cli.errors import SeqvaeError
 
 UCR_URL = "https://www.cs.ucr.edu/~eamonn/time_series_data_2018/"
@@ -69,6 +68,15 @@ class ECG5000Data(SeriesData):
     """UCR ECG5000 heartbeats (data=ecg5000): [N, 140, 1]; class 1 = normal, classes 2-5 = anomalous."""
 
     NORMALIZE = ("global", "per_step", "none")
+    RULES = {
+        **SeriesData.RULES,
+        "normalize": one_of(*NORMALIZE),     # its own choices: statistics over all beats, or per step
+        "protocol": one_of("normal_only", "ucr"),
+        "num_val_normal": number(1, integer=True),
+        "num_test_normal": number(1, integer=True),
+        "ucr_num_val": number(1, integer=True),
+        "seed": seed_rule(),
+    }
     FILES = ("ECG5000_TRAIN.tsv", "ECG5000_TEST.tsv")
     CLASSES = (1, 2, 3, 4, 5)   # 1 normal, 2-5 abnormal
 
@@ -81,11 +89,8 @@ class ECG5000Data(SeriesData):
         self.folder, self.protocol = folder, protocol
         self.split_index: dict[str, torch.Tensor] = {}
         with self.deferred_errors():
-            check("protocol", protocol, one_of("normal_only", "ucr"))
-            check("num_val_normal", num_val_normal)
-            check("num_test_normal", num_test_normal)
-            check("ucr_num_val", ucr_num_val)
-            check("seed", seed)
+            check_arguments("data", self.RULES, protocol=protocol, num_val_normal=num_val_normal,
+                            num_test_normal=num_test_normal, ucr_num_val=ucr_num_val, seed=seed)
             self.seed, self.ucr_num_val = int(seed), int(ucr_num_val)
             self.num_val_normal, self.num_test_normal = int(num_val_normal), int(num_test_normal)
 

@@ -7,10 +7,10 @@ from typing import Sequence
 
 import numpy as np
 
+from seqvae_cli.config.rules import check_arguments
 from seqvae_cli.data.base import resolve_data_dir
 from seqvae_cli.data.series.csv import read_csv_series
 from seqvae_cli.data.series.windowed import RawSeries, WindowedSeriesData
-from seqvae_cli.data.series.windows import check
 from seqvae_cli.errors import SeqvaeError
 
 NAB_URL = "https://github.com/numenta/NAB"
@@ -20,6 +20,14 @@ NAB_URL = "https://github.com/numenta/NAB"
 
 class NABData(WindowedSeriesData):
     """Numenta Anomaly Benchmark series (data=nab): NAB/data/<category>/<name>.csv + labels/combined_windows.json."""
+
+    # folder and labels_file are paths: they have no rule.
+    RULES = {
+        "series": ((lambda v: (isinstance(v, str) and v != "") or (isinstance(v, (list, tuple)) and len(v) > 0
+                                                                   and all(isinstance(s, str) and s for s in v))),
+                   "a non-empty list of NAB files, e.g. [realKnownCause/nyc_taxi.csv]"),
+        **WindowedSeriesData.RULES,
+    }
 
     def __init__(self, series: Sequence[str] | str = ("realKnownCause/nyc_taxi.csv",), data_dir: str = ".",
                  folder: str = "NAB", labels_file: str = "labels/combined_windows.json", window: int = 64,
@@ -35,9 +43,7 @@ class NABData(WindowedSeriesData):
             series = [series]
         self.series, self.folder, self.labels_file = series, folder, labels_file
         with self.deferred_errors():
-            check("series", series, ((lambda v: isinstance(v, (list, tuple)) and len(v) > 0
-                                      and all(isinstance(s, str) and s for s in v)),
-                                     "a non-empty list of NAB files, e.g. [realKnownCause/nyc_taxi.csv]"))
+            check_arguments("data", self.RULES, series=series)
             self.series = list(series)
 
     def load_series(self) -> list[RawSeries]:

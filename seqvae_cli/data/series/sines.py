@@ -6,9 +6,9 @@ from typing import Sequence
 
 import torch
 
-from seqvae_cli.config.rules import one_of
+from seqvae_cli.config.rules import check_arguments, number, number_pair, one_of, seed_rule
 from seqvae_cli.data.series.base import Loaded, SeriesData, SplitArrays
-from seqvae_cli.data.series.windows import SPLITS, check
+from seqvae_cli.data.series.windows import SPLITS
 from seqvae_cli.errors import SeqvaeError
 
 
@@ -61,6 +61,22 @@ def make_sines(n: int, seq_len: int, channels: int, gen: torch.Generator, freque
 class SinesData(SeriesData):
     """Synthetic multi-channel sine waves (data=sines): the offline demo, generated from a seed."""
 
+    RULES = {
+        **SeriesData.RULES,
+        **{f"num_series.{split}": number(1, integer=True) for split in SPLITS},
+        "seq_len": number(2, integer=True),
+        "channels": number(1, integer=True),
+        "seed": seed_rule(),
+        "frequency": number_pair(),
+        "phase": number_pair(),
+        "amplitude": number_pair(),
+        "noise_std": number(0),
+        "anomaly_fraction": number(0, 1),
+        "anomaly_kind": one_of("spike", "frequency", "mixed"),
+        "spike_size": number(0),
+        "frequency_factor": number(0, lo_open=True),
+    }
+
     def __init__(self, data_dir: str = ".", num_series: dict | None = None, seq_len: int = 100, channels: int = 2,
                  seed: int = 0, frequency: Sequence[float] = (0.02, 0.1), phase: Sequence[float] = (0.0, 1.0),
                  amplitude: Sequence[float] = (0.5, 1.5), noise_std: float = 0.05, anomaly_fraction: float = 0.1,
@@ -75,18 +91,10 @@ class SinesData(SeriesData):
             if unknown:
                 raise SeqvaeError(f"config error: data.num_series has unknown key(s) {', '.join(unknown)}; "
                                   f"expected train, val and test")
-            for split in SPLITS:
-                check(f"num_series.{split}", num_series.get(split))
-            check("seq_len", seq_len)
-            check("channels", channels)
-            check("seed", seed)
-            for key, value in (("frequency", frequency), ("phase", phase), ("amplitude", amplitude)):
-                check(key, list(value) if isinstance(value, (list, tuple)) else value)
-            check("noise_std", noise_std)
-            check("anomaly_fraction", anomaly_fraction)
-            check("anomaly_kind", anomaly_kind, one_of("spike", "frequency", "mixed"))
-            check("spike_size", spike_size)
-            check("frequency_factor", frequency_factor)
+            check_arguments("data", self.RULES, **{f"num_series.{s}": num_series.get(s) for s in SPLITS},
+                            seq_len=seq_len, channels=channels, seed=seed, frequency=frequency, phase=phase,
+                            amplitude=amplitude, noise_std=noise_std, anomaly_fraction=anomaly_fraction,
+                            anomaly_kind=anomaly_kind, spike_size=spike_size, frequency_factor=frequency_factor)
             self.num_series = {s: int(num_series[s]) for s in SPLITS}
             self.seq_len_setting, self.channels, self.seed = int(seq_len), int(channels), int(seed)
             self.frequency, self.phase, self.amplitude = list(frequency), list(phase), list(amplitude)

@@ -9,11 +9,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from seqvae_cli.config.rules import BOOLEAN, check_arguments, number
 from seqvae_cli.data.series.base import Loaded, SeriesData, SplitArrays
-from seqvae_cli.data.series.windows import (SPLITS, check, sliding_windows, window_labels, window_scores_to_timestamps,
+from seqvae_cli.data.series.windows import (SPLITS, sliding_windows, window_labels, window_scores_to_timestamps,
                                             window_starts)
 from seqvae_cli.errors import SeqvaeError
-
 
 # ------------------------------------------------------------------------------ windowed long series
 
@@ -56,19 +56,26 @@ class WindowedSeriesData(SeriesData):
     timestamp already has a full window. A window's label is 1 if any of its timestamps is anomalous."""
 
     windowed = True
+    RULES = {
+        **SeriesData.RULES,
+        "window": number(2, integer=True),
+        "stride": number(1, integer=True),
+        "test_stride": number(1, integer=True),
+        "train_fraction": number(0, 1, lo_open=True, hi_open=True),
+        "val_fraction": number(0, 1, lo_open=True, hi_open=True),
+        "max_train_length": (lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= 2),
+                             "null or an integer >= 2"),
+        "test_context": BOOLEAN,
+    }
 
     def __init__(self, window: int, stride: int, test_stride: int, train_fraction: float, val_fraction: float,
                  max_train_length: int | None, test_context: bool, **base: Any) -> None:
         super().__init__(**base)
         self.parts: dict[str, list[SeriesPart]] = {}
         with self.deferred_errors():
-            check("window", window)
-            check("stride", stride)
-            check("test_stride", test_stride)
-            check("train_fraction", train_fraction)
-            check("val_fraction", val_fraction)
-            check("max_train_length", max_train_length)
-            check("test_context", test_context)
+            check_arguments("data", self.RULES, window=window, stride=stride, test_stride=test_stride,
+                            train_fraction=train_fraction, val_fraction=val_fraction,
+                            max_train_length=max_train_length, test_context=test_context)
             self.window, self.stride, self.test_stride = int(window), int(stride), int(test_stride)
             self.train_fraction, self.val_fraction = float(train_fraction), float(val_fraction)
             self.max_train_length, self.test_context = max_train_length, bool(test_context)

@@ -7,7 +7,6 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from seqvae_cli.config.rules import RULES, value_error
 from seqvae_cli.errors import SeqvaeError
 
 # The largest magnitude a data cell may have. A z-score squares the values (1e300 squared is inf in float64, so one
@@ -16,16 +15,6 @@ from seqvae_cli.errors import SeqvaeError
 MAX_ABS_VALUE = 1e30
 SPLITS = ("train", "val", "test")
 UNKNOWN = -1
-
-
-# ------------------------------------------------------------------------------------ config checks
-
-def check(key: str, value: Any, rule: tuple[Callable[[Any], bool], str] | None = None) -> None:
-    """Raise the usual one-line config error when `value` breaks `rule`, by default config.RULES["data.<key>"]: the
-    rule validate() applies to the composed config, so a module built from a checkpoint is held to the same one."""
-    rule = rule or RULES[f"data.{key}"]
-    if not rule[0](value):
-        raise value_error(f"data.{key}", value, rule)
 
 
 # --------------------------------------------------------------------------------------- windowing
