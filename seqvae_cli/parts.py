@@ -33,6 +33,7 @@ from seqvae_cli.data.series.sines import SinesData
 from seqvae_cli.data.text import TextData
 from seqvae_cli.errors import SeqvaeError
 from seqvae_cli.models.base import LatentModel
+from seqvae_cli.models.conv_vae import ConvVAE
 from seqvae_cli.models.lstm_lm import LSTMLM
 from seqvae_cli.models.lstm_vae import lstm_vae
 from seqvae_cli.models.mlp_vae import MLPAutoencoder, MLPVAE
@@ -95,7 +96,7 @@ def register(slot: str, cls: Part | None = None, name: str | None = None) -> Any
 # seqvae's own parts. A new part inside the package adds its class here (parts outside it: load_plugins).
 BUILTIN: dict[str, tuple[Callable[..., Any], ...]] = {
     "data": (MNISTData, TextData, SinesData, ECG5000Data, NABData, CSVData),
-    "model": (MLPVAE, MLPAutoencoder, LSTMLM, lstm_vae),
+    "model": (MLPVAE, MLPAutoencoder, LSTMLM, lstm_vae, ConvVAE),
 }
 for _slot, _classes in BUILTIN.items():
     for _cls in _classes:

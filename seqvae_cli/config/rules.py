@@ -250,6 +250,20 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "data.anomaly_fraction": number(0, 1),
     "data.spike_size": number(0),
     "data.frequency_factor": number(0, lo_open=True),
+    # ---- networks (issue 22): model=conv_vae, and model.encoder=transformer of the sequence VAEs. The models
+    # re-check their constructor arguments (models/conv_vae.py, models/encoders.py) with the same bounds. ----
+    "model.channels": positive_int_list(),
+    "model.kernel_size": number(2, integer=True),
+    "model.layers_per_stage": number(1, integer=True),
+    "model.encoder": one_of("rnn", "transformer"),
+    "model.transformer.layers": number(1, integer=True),
+    "model.transformer.heads": number(1, integer=True),
+    "model.transformer.ffn_size": number(1, integer=True),
+    "model.transformer.dropout": number(0, 1, hi_open=True),
+    "model.transformer.positions": one_of("learned", "sinusoidal"),
+    "model.transformer.pooling": one_of("mean", "token"),
+    "model.transformer.max_len": number(1, integer=True),
+    # ---- end of networks ----
 }
 
 
