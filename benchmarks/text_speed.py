@@ -27,9 +27,15 @@ Then the importance-weighted NLL pass of `seqvae eval` (seqvae_cli.evaluation.ev
 k=500) is timed on a length-stratified subset of test sentences and extrapolated to the 3,761 test
 sentences by their token count, printed next to one training epoch (42,068 sentences) at seqvae's float32 and bf16-mixed speeds.
 
+With --encoders it compares seqvae's two sentence encoders instead (no textbook loop, no IW timing): the model
+of `experiment=ptb_cyclical_fb` (LSTM 256, embeddings 256, latent 32, batch 32, tied, dropout 0.5) with its LSTM
+encoder (model.encoder=rnn) and with the Transformer encoder (model.encoder=transformer, the YAML's defaults),
+each in float32 and bf16-mixed, in alternating rounds: training tokens/s side by side.
+
 Run (from the repository root):
     export SEQVAE_DATA_DIR=/work/shared/data      # the folder holding ptb/
     python benchmarks/text_speed.py [--batches 160] [--rounds 4] [--threads 1] [--iw-sentences 64]
+    python benchmarks/text_speed.py --encoders [--batches 160] [--rounds 4] [--threads 1]
 """
 from __future__ import annotations
 
@@ -119,6 +125,89 @@ def endless(make_iter):
         yield from make_iter()
 
 
+def seqvae_arm(model, cfg, dm, objective, seed: int, bf16: bool):
+    """One seqvae training: its own copy of the model (same initial weights), optimiser and batch order; the step
+    is Trainer.train_epoch's, with trainer.precision=bf16-mixed when bf16. -> (step, endless batches)."""
+    arm_model = copy.deepcopy(model).train()
+    optimizer = make_optimizer(arm_model, cfg.optim)
+    shuffle_gen = torch.Generator().manual_seed(seed + 1)
+    step_no = [0]
+
+    def step(batch) -> int:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            terms = objective(arm_model, batch, step_no[0])
+        optimizer.zero_grad(set_to_none=True)
+        terms.loss.backward()
+        optimizer.step()
+        terms.loss.item()
+        step_no[0] += 1
+        return int(batch["lengths"].sum())
+    return step, endless(lambda: dm.train_batches(shuffle_gen))
+
+
+def compose(overrides: list[str]):
+    register_resolvers()
+    with hydra.initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = hydra.compose(config_name="train", overrides=overrides)
+    validate(cfg)
+    return cfg
+
+
+def alternate(arms: dict, args, after_warmup=None) -> tuple[dict, list]:
+    """Warm each arm up (then call after_warmup, if given), then time them in alternating chunks.
+    -> ({name: [wall s, CPU s, tokens]}, rows of the per-round tokens/s)."""
+    for step, batches in arms.values():
+        run_chunk(step, batches, args.warmup)
+    if after_warmup is not None:
+        after_warmup()
+    per_round = max(1, args.batches // args.rounds)
+    totals = {name: [0.0, 0.0, 0] for name in arms}
+    rows = []
+    for r in range(1, args.rounds + 1):
+        row = {}
+        for name, (step, batches) in arms.items():
+            sec, cpu, tok = run_chunk(step, batches, per_round)
+            totals[name][0] += sec
+            totals[name][1] += cpu
+            totals[name][2] += tok
+            row[name] = tok / sec
+        rows.append((r, row))
+    return totals, rows
+
+
+def compare_encoders(args, data_dir: str) -> None:
+    """--encoders: the ptb_cyclical_fb sentence VAE with its LSTM encoder against the Transformer encoder."""
+    arms, sizes = {}, {}
+    for encoder in ("rnn", "transformer"):
+        torch.manual_seed(args.seed)
+        cfg = compose(["experiment=ptb_cyclical_fb", "device=cpu", f"paths.data_dir={data_dir}", "data.download=false",
+                       f"model.encoder={encoder}", f"trainer.seed={args.seed}"])
+        dm, model = build(cfg, torch.device("cpu"))
+        steps = dm.num_train_batches()
+        objective = Objective(cfg.objective, cfg.trainer.max_epochs * steps, steps)
+        sizes[encoder] = sum(p.numel() for p in model.encoder.parameters())
+        for bf16 in (False, True):
+            arms[(encoder, bf16)] = seqvae_arm(model, cfg, dm, objective, args.seed, bf16)
+    totals, rows = alternate(arms, args)
+    names = {("rnn", False): "LSTM f32", ("rnn", True): "LSTM bf16", ("transformer", False): "Transformer f32",
+             ("transformer", True): "Transformer bf16"}
+    print(f"PTB sentence VAE of experiment=ptb_cyclical_fb (LSTM decoder 256, embeddings 256, latent 32, batch 32); "
+          f"CPU, {torch.get_num_threads()} torch thread(s); {rows and len(rows) * max(1, args.batches // args.rounds)} "
+          f"timed batches per arm in {args.rounds} alternating rounds; encoder parameters: LSTM {sizes['rnn']:,}, "
+          f"Transformer {sizes['transformer']:,}")
+    print("round  " + "  ".join(f"{names[a]:>17}" for a in arms) + "   (training tokens/s)")
+    for r, row in rows:
+        print(f"{r:>5}  " + "  ".join(f"{row[a]:>17,.0f}" for a in arms))
+    tps = {a: tok / sec for a, (sec, _, tok) in totals.items()}
+    per_cpu = {a: tok / cpu for a, (_, cpu, tok) in totals.items()}
+    for a in arms:
+        print(f"{names[a]:>17}: {tps[a]:,.0f} tokens/s ({per_cpu[a]:,.0f} per CPU-second)")
+    for bf16 in (False, True):
+        print(f"Transformer / LSTM encoder, {'bf16-mixed' if bf16 else 'float32'}: "
+              f"{tps[('transformer', bf16)] / tps[('rnn', bf16)]:.2f}x by wall time, "
+              f"{per_cpu[('transformer', bf16)] / per_cpu[('rnn', bf16)]:.2f}x by CPU time")
+
+
 def run_chunk(step, batches, n: int) -> tuple[float, float, int]:
     """n training steps; returns (wall seconds, CPU seconds of this process, tokens)."""
     seconds, cpu, tokens = 0.0, 0.0, 0
@@ -139,6 +228,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--iw-samples", type=int, default=500)
     p.add_argument("--iw-sentences", type=int, default=64, help="test sentences scored for the IW-NLL timing")
     p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--encoders", action="store_true",
+                   help="compare the LSTM and Transformer encoders of experiment=ptb_cyclical_fb instead")
     p.add_argument("--data-dir", default=os.environ.get("SEQVAE_DATA_DIR", "./data"),
                    help="folder holding ptb/ (default: $SEQVAE_DATA_DIR, else ./data)")
     return p.parse_args()
@@ -152,39 +243,20 @@ def main() -> None:
     data_dir = str(Path(args.data_dir).expanduser().resolve())
     torch.manual_seed(args.seed)
     random.seed(args.seed)
+    if args.encoders:
+        compare_encoders(args, data_dir)
+        return
 
     # ---- seqvae, from its own config ----
-    register_resolvers()
     overrides = ["model=lstm_vae", "data=ptb", "device=cpu", f"paths.data_dir={data_dir}", "data.download=false",
                  "model.rnn=gru", f"model.embed_dim={EMBED}", f"model.hidden_size={HIDDEN}",
                  f"model.latent_dim={LATENT}", f"data.batch_size={BATCH}", "optim=adam", "optim.lr=1e-3",
                  f"trainer.seed={args.seed}"]
-    with hydra.initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = hydra.compose(config_name="train", overrides=overrides)
-    validate(cfg)
+    cfg = compose(overrides)
     device = torch.device("cpu")
     dm, model = build(cfg, device)
     steps_per_epoch = dm.num_train_batches()
     objective = Objective(cfg.objective, cfg.trainer.max_epochs * steps_per_epoch, steps_per_epoch)
-
-    def seqvae_arm(bf16: bool):
-        """One seqvae training: its own copy of the model (same initial weights), optimiser and batch order;
-        the step is Trainer.train_epoch's, with trainer.precision=bf16-mixed when bf16."""
-        arm_model = copy.deepcopy(model).train()
-        optimizer = make_optimizer(arm_model, cfg.optim)
-        shuffle_gen = torch.Generator().manual_seed(args.seed + 1)
-        step_no = [0]
-
-        def step(batch) -> int:
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                terms = objective(arm_model, batch, step_no[0])
-            optimizer.zero_grad(set_to_none=True)
-            terms.loss.backward()
-            optimizer.step()
-            terms.loss.item()
-            step_no[0] += 1
-            return int(batch["lengths"].sum())
-        return step, endless(lambda: dm.train_batches(shuffle_gen))
 
     # ---- textbook, on the same sentences and vocabulary ----
     train_x, train_len = dm.splits["train"]
@@ -212,23 +284,12 @@ def main() -> None:
         return sum(p.numel() for p in m.parameters())
 
     # ---- warm up, then alternate chunks ----
-    arms = {"seqvae": seqvae_arm(bf16=False), "bf16": seqvae_arm(bf16=True),
+    arms = {"seqvae": seqvae_arm(model, cfg, dm, objective, args.seed, bf16=False),
+            "bf16": seqvae_arm(model, cfg, dm, objective, args.seed, bf16=True),
             "textbook": (textbook_step, textbook_batches)}
-    for step, batches in arms.values():
-        run_chunk(step, batches, args.warmup)
-    padded_positions[0] = 0
+    # wall s, CPU s, tokens per arm; the padding count starts after the warm-up
+    totals, rows = alternate(arms, args, after_warmup=lambda: padded_positions.__setitem__(0, 0))
     per_round = max(1, args.batches // args.rounds)
-    totals = {name: [0.0, 0.0, 0] for name in arms}    # wall s, CPU s, tokens
-    rows = []
-    for r in range(1, args.rounds + 1):
-        row = {}
-        for name, (step, batches) in arms.items():
-            sec, cpu, tok = run_chunk(step, batches, per_round)
-            totals[name][0] += sec
-            totals[name][1] += cpu
-            totals[name][2] += tok
-            row[name] = tok / sec
-        rows.append((r, row))
     seqvae_tps = totals["seqvae"][2] / totals["seqvae"][0]
     bf16_tps = totals["bf16"][2] / totals["bf16"][0]
     textbook_tps = totals["textbook"][2] / totals["textbook"][0]

@@ -38,6 +38,7 @@ from seqvae_cli.latent.posterior import GaussianPosterior
 from seqvae_cli.latent.prior import StandardNormal
 from seqvae_cli.latent.vamp import VampPrior
 from seqvae_cli.models.base import LatentModel
+from seqvae_cli.models.conv_vae import ConvVAE
 from seqvae_cli.models.lstm_lm import LSTMLM
 from seqvae_cli.models.lstm_vae import lstm_vae
 from seqvae_cli.models.mlp_vae import MLPAutoencoder, MLPVAE
@@ -103,7 +104,7 @@ def register(slot: str, cls: Part | None = None, name: str | None = None) -> Any
 # seqvae's own parts. A new part inside the package adds its class here (parts outside it: load_plugins).
 BUILTIN: dict[str, tuple[Callable[..., Any], ...]] = {
     "data": (MNISTData, TextData, SinesData, ECG5000Data, NABData, CSVData),
-    "model": (MLPVAE, MLPAutoencoder, LSTMLM, lstm_vae),
+    "model": (MLPVAE, MLPAutoencoder, LSTMLM, lstm_vae, ConvVAE),
     "prior": (StandardNormal, MixturePrior, VampPrior),
     "posterior": (GaussianPosterior, PlanarPosterior, IAFPosterior),
 }

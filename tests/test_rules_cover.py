@@ -190,7 +190,8 @@ BUILT = {"MNISTData": dict(data_dir="."), "TextData": dict(train_file="a", val_f
          "SeriesLSTMVAE": dict(num_channels=1, seq_len=4),
          "StandardNormal": dict(latent_dim=2), "MixturePrior": dict(latent_dim=2),
          "VampPrior": dict(latent_dim=2, input_shape=(4,)), "GaussianPosterior": dict(in_features=3, latent_dim=2),
-         "PlanarPosterior": dict(in_features=3, latent_dim=2), "IAFPosterior": dict(in_features=3, latent_dim=2)}
+         "PlanarPosterior": dict(in_features=3, latent_dim=2), "IAFPosterior": dict(in_features=3, latent_dim=2),
+         "ConvVAE": dict(input_dim=784, channels=[4], latent_dim=2)}
 
 
 def test_every_registered_part_is_checked_below():
@@ -218,6 +219,7 @@ def test_constructors_hold_every_argument_to_their_class_rules(name):
     assert constructor_error(cls, BUILT[name]) is None
     for key in cls.RULES:
         top, _, sub = key.partition(".")
-        value = {"train": 2, "val": 2, "test": 2, sub: bad} if sub else bad     # data.num_series.<split>
+        # A nested key: the sines' data.num_series.<split> (its siblings given), model.transformer.<key> (alone).
+        value = ({sub: bad} if top == "transformer" else {"train": 2, "val": 2, "test": 2, sub: bad}) if sub else bad
         error = constructor_error(cls, {**BUILT[name], top: value})
         assert error is not None and str(error).startswith(f"config error: {slot}.{key}="), (key, error)

@@ -33,7 +33,7 @@ def build_lstm_vae(**kwargs) -> LatentModel:
 
 
 LSTMVAE_CONFIG_KEYS = frozenset({"name", "embed_dim", "hidden_size", "latent_dim", "rnn", "encoder_layers",
-                                 "bidirectional", "decoder_layers", "z_conditioning"}
+                                 "bidirectional", "decoder_layers", "z_conditioning", "encoder", "transformer"}
                                 | set(TEXT_ONLY_KEYS) | set(SERIES_ONLY_KEYS))
 
 

@@ -11,7 +11,8 @@ from seqvae_cli.config.rules import check_arguments
 from seqvae_cli.data.base import Batch
 from seqvae_cli.errors import SeqvaeError
 from seqvae_cli.models.base import LatentModel
-from seqvae_cli.nn.rnn import RNN_RULES, RNNDecoder, RNNEncoder, State, TokenIO
+from seqvae_cli.models.encoders import ENCODER_RULES, build_encoder
+from seqvae_cli.nn.rnn import RNN_RULES, RNNDecoder, State, TokenIO
 
 
 # ------------------------------------------------------------------------------------------ models
@@ -79,20 +80,23 @@ class _TextDecoderMixin:
 
 class LSTMVAE(_TextDecoderMixin, LatentModel):
     """Bowman et al. 2016 "Generating Sentences from a Continuous Space": RNN encoder -> Gaussian q(z|x),
-    z -> RNN decoder; word dropout, optional bag-of-words loss on z (Zhao et al. 2017)."""
+    z -> RNN decoder; word dropout, optional bag-of-words loss on z (Zhao et al. 2017). encoder=transformer
+    reads the sentence with a Transformer instead (models/encoders.py); the decoder is the same RNN."""
 
     variational = True
     # Without gradients, log_likelihood decodes at most this many sentence copies per pass.
     max_rows_per_pass = 4096
     RULES = {**LatentModel.RULES,
-             **{key: RNN_RULES[key] for key in DECODER_KEYS + ("encoder_layers", "bidirectional", "z_conditioning")}}
+             **{key: RNN_RULES[key] for key in DECODER_KEYS + ("encoder_layers", "bidirectional", "z_conditioning")},
+             **ENCODER_RULES}
 
     def __init__(self, vocab_size: int, pad_id: int = 0, unk_id: int = 1, sos_id: int = 2, eos_id: int = 3,
                  embed_dim: int = 256, hidden_size: int = 256, latent_dim: int = 32, rnn: str = "lstm",
                  encoder_layers: int = 1, bidirectional: bool = False, decoder_layers: int = 1,
                  z_conditioning: str = "init", word_dropout: float = 0.0, embed_dropout: float = 0.0,
                  output_dropout: float = 0.0, weight_drop: float = 0.0, tie_weights: bool = False,
-                 packed: bool | None = None, name: str = "lstm_vae") -> None:
+                 packed: bool | None = None, encoder: str = "rnn", transformer: dict | None = None,
+                 name: str = "lstm_vae") -> None:
         super().__init__()
         _check_common(embed_dim, hidden_size, rnn, decoder_layers, word_dropout, embed_dropout, output_dropout,
                       weight_drop, vocab_size, packed, tie_weights)
@@ -101,7 +105,9 @@ class LSTMVAE(_TextDecoderMixin, LatentModel):
         self.latent_dim = latent_dim
         self.io = TokenIO(vocab_size, embed_dim, hidden_size, pad_id, unk_id, sos_id, eos_id, word_dropout,
                           embed_dropout, output_dropout, tie_weights)
-        self.encoder = RNNEncoder(embed_dim, hidden_size, encoder_layers, bidirectional, rnn, packed)
+        # sqrt(embed_dim): Vaswani et al.'s scale for word embeddings under a Transformer (nn/transformer.py).
+        self.encoder = build_encoder(encoder, embed_dim, hidden_size, encoder_layers, bidirectional, rnn, packed,
+                                     transformer, input_scale=math.sqrt(embed_dim))
         self.add_latent(self.encoder.output_size, latent_dim)
         self.decoder = RNNDecoder(embed_dim, hidden_size, decoder_layers, rnn, latent_dim, z_conditioning, packed,
                                   weight_drop)

@@ -11,7 +11,8 @@ from seqvae_cli.data.base import Batch
 from seqvae_cli.errors import SeqvaeError
 from seqvae_cli.latent.prior import LOG_2PI
 from seqvae_cli.models.base import LatentModel, eval_mode
-from seqvae_cli.nn.rnn import RNN_RULES, RNNDecoder, RNNEncoder, State
+from seqvae_cli.models.encoders import ENCODER_RULES, build_encoder
+from seqvae_cli.nn.rnn import RNN_RULES, RNNDecoder, State
 
 
 # ------------------------------------------------------------------------------------ time series
@@ -75,7 +76,8 @@ class SeriesLSTMVAE(LatentModel):
     """LSTM-VAE for fixed-length multichannel sequences [B, T, C] (normalised values): generate, forecast, score.
 
     Encoder: input projection (Linear C -> embed_dim, or the raw channels with project_input=false) -> RNNEncoder
-    (lstm/gru, layers, bidirectional) -> Gaussian posterior heads. Decoder (series_decoder):
+    (lstm/gru, layers, bidirectional), or with encoder=transformer a Transformer (models/encoders.py) -> Gaussian
+    posterior heads. Decoder (series_decoder):
       repeat          z is the decoder's input at every step (the "SequenceVAE" of Fabius & van Amersfoort 2015 /
                       the LSTM-VAE anomaly detectors); with z_conditioning init/both it also gives the initial
                       state (concat: zero initial state). Its output cannot copy the previous value, so z must
@@ -101,13 +103,14 @@ class SeriesLSTMVAE(LatentModel):
         "series_decoder": one_of(*SERIES_DECODERS),
         "output_std": one_of(*OUTPUT_STDS),
         "fixed_std": number(0, lo_open=True),
+        **ENCODER_RULES,
     }
 
     def __init__(self, num_channels: int, seq_len: int, embed_dim: int = 32, project_input: bool = True,
                  hidden_size: int = 64, latent_dim: int = 16, rnn: str = "lstm", encoder_layers: int = 1,
                  bidirectional: bool = False, decoder_layers: int = 1, series_decoder: str = "repeat",
                  z_conditioning: str = "init", output_std: str = "learned_channel", fixed_std: float = 0.1,
-                 name: str = "lstm_vae") -> None:
+                 encoder: str = "rnn", transformer: dict | None = None, name: str = "lstm_vae") -> None:
         super().__init__()
         for what, value in (("num_channels", num_channels), ("seq_len", seq_len)):   # shapes of the data
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -121,7 +124,8 @@ class SeriesLSTMVAE(LatentModel):
         self.series_decoder, self.output_std = series_decoder, output_std
         features = embed_dim if project_input else num_channels
         self.input_proj = nn.Linear(num_channels, embed_dim) if project_input else nn.Identity()
-        self.encoder = RNNEncoder(features, hidden_size, encoder_layers, bidirectional, rnn, packed=False)
+        self.encoder = build_encoder(encoder, features, hidden_size, encoder_layers, bidirectional, rnn, False,
+                                     transformer)
         self.add_latent(self.encoder.output_size, latent_dim)
         if series_decoder == "repeat":
             # No input of its own: z (concatenated to an empty input) is what every step reads.
