@@ -16,7 +16,7 @@ from seqvae_cli.data.base import Batch
 from seqvae_cli.errors import SeqvaeError
 from seqvae_cli.models.base import LatentModel
 from seqvae_cli.nn.conv import ConvDecoder, ConvEncoder, stage_grids
-from seqvae_cli.nn.kernels import bernoulli_log_prob
+from seqvae_cli.nn.kernels import pixel_log_likelihood, pixel_mean
 from seqvae_cli.nn.mlp import ACTIVATIONS
 
 LIKELIHOODS = ("bernoulli", "gaussian")
@@ -93,16 +93,11 @@ class ConvVAE(LatentModel):
             return torch.cat([self.log_likelihood(batch, z[i:i + per]) for i in range(0, s, per)])
         out = self._decode(z)                                  # [S, B, input_dim]
         x = batch["x"].unsqueeze(0).expand_as(out)
-        if self.likelihood == "bernoulli":
-            return bernoulli_log_prob(out, x)
-        out = out.float()      # under bf16 autocast the density is summed in float32, as every bound
-        log_std = self.log_std.clamp(min=-7.0)
-        return (-0.5 * ((x - out) / log_std.exp()) ** 2 - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
+        return pixel_log_likelihood(out, x, self.likelihood, getattr(self, "log_std", None))
 
     def decoder_modules(self) -> list[nn.Module]:
         return [self.decoder]
 
     def decode_mean(self, z: torch.Tensor) -> torch.Tensor:
         """Mean images of z [..., D] -> [..., input_dim] in [0, 1] (the flat layout of the batches)."""
-        out = self._decode(z)
-        return torch.sigmoid(out) if self.likelihood == "bernoulli" else out.clamp(0.0, 1.0)
+        return pixel_mean(self._decode(z), self.likelihood)

@@ -1,15 +1,13 @@
 """model=mlp_vae and model=ae: fully connected networks for flat images."""
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
 from seqvae_cli.config.rules import check_arguments, one_of, positive_int_list
 from seqvae_cli.data.base import Batch
 from seqvae_cli.models.base import LatentModel
-from seqvae_cli.nn.kernels import bernoulli_log_prob
+from seqvae_cli.nn.kernels import pixel_log_likelihood, pixel_mean
 from seqvae_cli.nn.mlp import ACTIVATIONS, mlp
 
 
@@ -48,17 +46,13 @@ class MLPVAE(LatentModel):
     def log_likelihood(self, batch: Batch, z: torch.Tensor) -> torch.Tensor:
         out = self.decoder(z)                      # [S, B, input_dim]
         x = batch["x"].unsqueeze(0).expand_as(out)
-        if self.likelihood == "bernoulli":
-            return bernoulli_log_prob(out, x)
-        log_std = self.log_std.clamp(min=-7.0)
-        return (-0.5 * ((x - out) / log_std.exp()) ** 2 - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
+        return pixel_log_likelihood(out, x, self.likelihood, getattr(self, "log_std", None))
 
     def decoder_modules(self) -> list[nn.Module]:
         return [self.decoder]
 
     def decode_mean(self, z: torch.Tensor) -> torch.Tensor:
-        out = self.decoder(z)
-        return torch.sigmoid(out) if self.likelihood == "bernoulli" else out.clamp(0.0, 1.0)
+        return pixel_mean(self.decoder(z), self.likelihood)
 
 
 class MLPAutoencoder(MLPVAE):

@@ -1,6 +1,8 @@
 """Faster CPU kernels for two hot spots: ELU and the Bernoulli log-likelihood."""
 from __future__ import annotations
 
+import math
+
 
 import torch
 from torch import nn
@@ -79,3 +81,20 @@ def bernoulli_log_prob(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     if logits.device.type != "cpu":  # GPUs run the library's op as one fused kernel
         return -F.binary_cross_entropy_with_logits(logits, x.expand(shape), reduction="none").sum(-1)
     return BernoulliLogProb.apply(logits, x)
+
+
+def pixel_log_likelihood(out: torch.Tensor, x: torch.Tensor, likelihood: str,
+                         log_std: torch.Tensor | None = None) -> torch.Tensor:
+    """log p(x|z) of flat images summed over pixels, from the decoder's output `out` [..., P] (the image models'
+    one likelihood): bernoulli (logits; binary or grey targets) or gaussian (means, one learned log-std per pixel,
+    floored at -7). The Gaussian density is summed in float32 under bf16 autocast, as every bound."""
+    if likelihood == "bernoulli":
+        return bernoulli_log_prob(out, x)
+    out = out.float()
+    log_std = log_std.clamp(min=-7.0)
+    return (-0.5 * ((x - out) / log_std.exp()) ** 2 - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
+
+
+def pixel_mean(out: torch.Tensor, likelihood: str) -> torch.Tensor:
+    """The mean image of the decoder's output, in [0, 1]."""
+    return torch.sigmoid(out) if likelihood == "bernoulli" else out.clamp(0.0, 1.0)
