@@ -200,6 +200,7 @@ def test_vamp_follows_a_deep_copy_of_the_model():
 LATENT_ARGS = [*SMOKE_ARGS, "model.hidden_sizes=[32]", "model.latent_dim=4", "prior.num_components=5"]
 
 
+@pytest.mark.slow
 def test_mog_with_iaf_through_train_eval_and_sample(tmp_path, mnist_data_dir):
     run = train(tmp_path, [*LATENT_ARGS, "prior=mog", "posterior=iaf", "posterior.hidden_size=16"])
     metrics = json.loads((run.run_dir / "metrics.json").read_text())

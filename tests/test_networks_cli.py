@@ -74,6 +74,7 @@ def test_conv_vae_sweep(tmp_path, mnist_data_dir):
 
 # ---------------------------------------------------------------------------------- the Transformer encoder
 
+@pytest.mark.slow
 def test_transformer_sentence_vae_trains_in_bf16(tmp_path, ptb_dir):
     test = metrics_of(train(tmp_path, [*TF_TEXT_ARGS, "trainer.precision=bf16-mixed"]).run_dir)["test"]
     assert {"neg_elbo", "iw_nll", "ppl", "active_units", "mutual_info"} <= set(test)

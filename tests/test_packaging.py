@@ -42,6 +42,7 @@ def test_wheel_carries_every_config_and_module(wheel):
     assert not modules - names, sorted(modules - names)
 
 
+@pytest.mark.slow
 def test_installed_wheel_trains_from_an_empty_folder(wheel, tmp_path, mnist_data_dir):
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
