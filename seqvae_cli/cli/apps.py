@@ -29,11 +29,21 @@ def _fail(exc: SeqvaeError, minimising: bool = True) -> float:
     """One error line; in a sweep, score the job as the worst value (+inf when minimising) so the other jobs
     (and Optuna) carry on. A stop asked for by a signal (exit_code 130/143) ends the sweep too."""
     exit_code = getattr(exc, "exit_code", 2)
+    if HydraConfig.initialized():
+        _discard_unused_folder(str(HydraConfig.get().job.name))
     if exit_code == 2 and HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
         log.error("seqvae: error: %s", exc)
         return math.inf if minimising else -math.inf
     print(f"seqvae: error: {exc}", file=sys.stderr)
     sys.exit(exit_code)
+
+
+def _discard_unused_folder(task: str) -> None:
+    """After an error before any work (a config value, missing data): no empty outputs/... folder is left behind.
+    Single runs only: a failed sweep job keeps its folder, which `seqvae report` lists as failed."""
+    if not HydraConfig.initialized() or HydraConfig.get().mode == RunMode.MULTIRUN or distributed.rank() > 0:
+        return
+    runfolder.discard_unused(Path(HydraConfig.get().runtime.output_dir), task)
 
 
 def _overrides() -> list[str]:
@@ -106,6 +116,7 @@ def _output_folder(cfg: DictConfig) -> Path:
 def eval_app(cfg: DictConfig) -> dict | float:
     from seqvae_cli.training.checkpoint import load_run, resolve_checkpoint
     from seqvae_cli.evaluation.evaluate import evaluate, public
+    from seqvae_cli.evaluation.table import metrics_table
     try:
         validate(cfg)
         device = setup_device(cfg.device, bf16=is_bf16(cfg.iw_precision))
@@ -127,10 +138,7 @@ def eval_app(cfg: DictConfig) -> dict | float:
                        checkpoint_epoch=state["epoch"])
         if "iw_nll" in metrics:
             metrics["iw_precision"] = str(cfg.iw_precision)
-        width = max(map(len, metrics))   # the table first: it is on the screen even if the disk refuses eval.json
-        print(f"{'metric':<{width}}  value")
-        for key, value in metrics.items():
-            print(f"{key:<{width}}  {value:.4f}" if isinstance(value, float) else f"{key:<{width}}  {value}")
+        print(metrics_table(metrics))   # the table first: it is on the screen even if the disk refuses eval.json
         out = out_dir / "eval.json"
         results = _earlier_results(out)
         results[cfg.split] = metrics

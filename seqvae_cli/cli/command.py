@@ -2,21 +2,16 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 
-
-from seqvae_cli.training import distributed, runfolder
-from seqvae_cli.cli.apps import eval_app, sample_app, train_app
-from seqvae_cli.config.runtime import CONF_DIR, register_resolvers
 from seqvae_cli.errors import SeqvaeError
 
+# torch, Hydra and the apps are imported inside the functions that need them: `seqvae --help` and a mistyped verb
+# answer at once (importing torch takes seconds) rather than after the whole library has loaded.
+
 log = logging.getLogger("seqvae")
-
-
-
-
-register_resolvers()
 
 
 USAGE = """usage: seqvae VERB [hydra overrides]
@@ -34,7 +29,7 @@ verbs:
 `seqvae VERB --help` lists that verb's config groups and options; `seqvae VERB --cfg job` prints the config."""
 
 
-APPS = {"train": train_app, "eval": eval_app, "sample": sample_app}
+VERBS = ("train", "eval", "sample")
 
 
 # Flags that change which config Hydra composes, or print help instead: the pre-check below stands aside.
@@ -51,6 +46,7 @@ def check_overrides(verb: str, args: list[str]) -> None:
     adds a key nothing reads). Anything this check cannot judge (optuna ranges, other failures) is left to Hydra."""
     from hydra import compose, initialize_config_dir
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from seqvae_cli.config.runtime import CONF_DIR
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import ConfigCompositionException, HydraException, MissingConfigException
 
@@ -104,6 +100,7 @@ def claim_run_folder(args: list[str]) -> Path | None:
     plainly (a sweep, the default outputs/DATE/TIME, an interpolation): train_app checks those after Hydra."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
+    from seqvae_cli.training import runfolder
 
     multirun = any(a in ("-m", "--multirun") for a in args)
     if any(a.startswith("-") and a not in ("-m", "--multirun") for a in args):
@@ -134,19 +131,57 @@ def claim_run_folder(args: list[str]) -> Path | None:
     return target
 
 
+def completion_query(args: list[str]) -> list[str]:
+    """Hydra's installed completion calls `seqvae -sc query=SHELL` with the line being typed in $COMP_LINE: complete
+    the verb itself, else hand the query to that verb's app with the verb taken out of the line (Hydra's parser
+    expects `APP overrides...`). Returns the arguments to run, or [] when this answered already."""
+    line = os.environ.get("COMP_LINE", "")
+    words = line.split()
+    typing_verb = len(words) < 2 or (len(words) == 2 and not line.endswith(" "))
+    if typing_verb:
+        prefix = words[1] if len(words) == 2 else ""
+        print(" ".join(v for v in (*VERBS, "report") if v.startswith(prefix)))
+        return []
+    if words[1] not in VERBS:
+        return []
+    os.environ["COMP_LINE"] = line.replace(f" {words[1]}", "", 1)
+    if os.environ.get("COMP_POINT", "").isdigit():
+        os.environ["COMP_POINT"] = str(max(0, int(os.environ["COMP_POINT"]) - len(words[1]) - 1))
+    return [words[1], *args]
+
+
 def main() -> None:
-    args = sys.argv[1:]
+    try:
+        try:
+            _main(sys.argv[1:])
+        finally:   # output to a pipe is buffered: write it here, where a closed pipe can still be caught
+            sys.stdout.flush()
+    except BrokenPipeError:
+        # `seqvae ... | head`: the reader left. Point stdout at /dev/null so Python's exit flush does not raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(141)   # 128 + SIGPIPE, what a shell reports for a command cut off by its pipe
+
+
+def _main(args: list[str]) -> None:
     if not args or args[0] in ("-h", "--help", "help"):
         print(USAGE)
         return
+    if args[0] in ("-sc", "--shell-completion"):
+        args = completion_query(args)
+        if not args:
+            return
     verb, rest = args[0], args[1:]
     if verb == "report":
         from seqvae_cli.cli.report import main as report_main
         sys.exit(report_main(rest))
-    if verb not in APPS:
+    if verb not in VERBS:
         print(f"seqvae: error: unknown verb {verb!r}; expected one of train, eval, sample, report "
               f"(seqvae --help lists them)", file=sys.stderr)
         sys.exit(2)
+    from seqvae_cli.cli.apps import eval_app, sample_app, train_app
+    from seqvae_cli.config.runtime import register_resolvers
+    from seqvae_cli.training import distributed, runfolder
+    register_resolvers()
     claimed = None
     try:
         check_overrides(verb, rest)
@@ -159,9 +194,14 @@ def main() -> None:
         distributed.init_from_torchrun()
         if distributed.rank() > 0:  # rank 0 alone writes the run folder's .hydra/ and train.log
             rest = rest + ["hydra.output_subdir=null", "hydra/job_logging=disabled"]
-    sys.argv = [f"seqvae-{verb}"] + rest
+    if any(a.split("=", 1)[0] in ("--shell-completion", "-sc") for a in rest):
+        # Hydra names the completed command after argv[0]: it must be a command that exists (`seqvae`, not
+        # `seqvae-train`); completion_script() below makes the completed line's verb reach this app.
+        sys.argv = ["seqvae"] + rest
+    else:
+        sys.argv = [f"seqvae {verb}"] + rest
     try:
-        APPS[verb]()
+        {"train": train_app, "eval": eval_app, "sample": sample_app}[verb]()
     except KeyboardInterrupt:   # outside the training loop, which stops on Ctrl-C with its own line
         print(f"seqvae: error: {verb} stopped by Ctrl-C (SIGINT) before it finished", file=sys.stderr)
         sys.exit(130)

@@ -34,6 +34,25 @@ def read_text_file(path: Path, what: str, setting: str, encoding: str = "utf-8")
                           f"permissions") from None
 
 
+def failure_cause(exc: BaseException) -> str:
+    """One line saying why a download failed. torchvision's message is a list ("Error downloading X:" / "Tried URL,
+    got:" / the error) whose first line names no cause: take the last line that does."""
+    lines = [ln.strip().strip("<>") for ln in str(exc).splitlines() if ln.strip()]
+    causes = [ln for ln in lines if not ln.endswith(":") and not ln.startswith("Tried ")]
+    cause = causes[-1] if causes else (str(exc.__cause__ or exc.__context__ or "").strip() or "no reason given")
+    return f"{type(exc).__name__}: {cause[:200]}"
+
+
+def remove_empty_folders(created: list[Path]) -> None:
+    """Remove the folders (deepest first) that an attempt created and left empty, e.g. data/MNIST/raw after a
+    failed download, so that nothing looks like data that is not there."""
+    for folder in sorted(created, key=lambda p: len(p.parts), reverse=True):
+        try:
+            folder.rmdir()
+        except OSError:   # not empty, or gone: leave it
+            pass
+
+
 def batch_limit(limit: int | float | None, num_batches: int) -> int:
     """How many batches a `limit_*_batches` setting allows: None = all, int = count, float = fraction."""
     if limit is None:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from seqvae_cli.data.base import DataModule, batch_limit, resolve_data_dir
+from seqvae_cli.data.base import DataModule, batch_limit, failure_cause, remove_empty_folders, resolve_data_dir
 from seqvae_cli.errors import SeqvaeError
 
 # --------------------------------------------------------------------------------------------- MNIST
@@ -52,6 +52,7 @@ def find_or_download_mnist(data_dir: str, download: bool) -> Path:
         return raw
     reason = "download=false"
     if download:
+        created = [p for p in (root, root / "MNIST", raw) if not p.exists()]
         try:
             from torchvision.datasets import MNIST
             MNIST(str(root), train=True, download=True)   # md5-checked, with a progress bar
@@ -61,7 +62,8 @@ def find_or_download_mnist(data_dir: str, download: bool) -> Path:
                 return raw
             reason = "the download finished but files are still missing"
         except Exception as exc:  # network down, read-only folder, ...
-            reason = f"download failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            reason = f"download failed: {failure_cause(exc)}"
+            remove_empty_folders(created)
     raise SeqvaeError(
         f"MNIST not found: expected {', '.join(missing)} in {raw} ({reason}). "
         f"Set paths.data_dir (or $SEQVAE_DATA_DIR) to the folder that holds MNIST/raw/, "
@@ -99,7 +101,7 @@ class MNISTData(DataModule):
 
     def __init__(self, data_dir: str, binarize: str = "dynamic", static_seed: int = 0,
                  num_val: int = 10000, batch_size: int = 128, eval_batch_size: int = 1000,
-                 eval_iw_samples: int = 5000, iw_rows_per_chunk: int = 65536, download: bool = True,
+                 eval_iw_samples: int = 100, iw_rows_per_chunk: int = 65536, download: bool = True,
                  name: str = "mnist") -> None:
         self.data_dir, self.binarize, self.static_seed = data_dir, binarize, static_seed
         self.num_val, self.batch_size, self.eval_batch_size = num_val, batch_size, eval_batch_size

@@ -19,7 +19,8 @@ from typing import Iterator, Sequence
 
 import torch
 
-from seqvae_cli.data.base import Batch, DataModule, batch_limit, read_text_file, resolve_data_dir
+from seqvae_cli.data.base import (Batch, DataModule, batch_limit, failure_cause, read_text_file, remove_empty_folders,
+                                  resolve_data_dir)
 from seqvae_cli.errors import SeqvaeError
 
 log = logging.getLogger("seqvae")
@@ -107,6 +108,7 @@ def find_or_download_ptb(folder: Path, download: bool) -> None:
         return
     reason = "data.download=false"
     if download:
+        created = [p for p in (folder.parent, folder) if not p.exists()]
         try:
             from torchvision.datasets.utils import download_url
             for name in missing:
@@ -117,9 +119,9 @@ def find_or_download_ptb(folder: Path, download: bool) -> None:
                 return
             reason = "the download finished but files are still missing"
         except Exception as exc:  # no network, read-only folder, checksum mismatch, ...
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            reason = f"download failed: {type(exc).__name__}: {first[:160]}"
+            reason = f"download failed: {failure_cause(exc)}"
             _remove_corrupt(folder, missing)
+            remove_empty_folders(created)
     raise SeqvaeError(
         f"Penn Treebank not found: expected {', '.join(PTB_MD5)} in {folder} (missing {', '.join(missing)}; "
         f"{reason}). Put Mikolov's PTB split there or set paths.data_dir (or $SEQVAE_DATA_DIR) to the folder "
@@ -164,7 +166,7 @@ class TextData(DataModule):
     def __init__(self, train_file: str, val_file: str, test_file: str, data_dir: str = ".",
                  relative_to: str = "data_dir", lowercase: bool = False, tokenizer: str = "whitespace",
                  min_freq: int = 1, max_size: int | None = None, max_train_len: int | None = None,
-                 batch_size: int = 32, eval_batch_size: int = 256, eval_iw_samples: int = 500,
+                 batch_size: int = 32, eval_batch_size: int = 256, eval_iw_samples: int = 100,
                  bucket_size: int = 100, iw_rows_per_chunk: int = 4096, download: bool = False,
                  name: str = "text") -> None:
         if tokenizer not in TOKENIZERS:

@@ -5,8 +5,11 @@ so memory stays bounded whatever k is (k=5000 on MNIST runs on a laptop CPU).
 """
 from __future__ import annotations
 
+import logging
 import math
+import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 from tqdm import tqdm
@@ -17,27 +20,52 @@ from seqvae_cli.latent.gaussian import gaussian_kl, gaussian_log_density, sample
 from seqvae_cli.models.base import LatentModel, eval_mode
 from seqvae_cli.models.series_vae import LOG_2PI
 
+log = logging.getLogger("seqvae")
+
 # The IW pass keeps one log-sum-exp per chunk of samples; past this many they are folded into one, so the memory
 # stays bounded for any k (1e8 samples made 760k chunks: 1.5 GB per MNIST batch). Below it, nothing changes.
 MAX_PENDING_CHUNKS = 1024
 
 
-# An IW pass over one batch that runs longer than this many seconds shows its own progress bar (with progress=True).
+# An IW pass over one batch that runs longer than this many seconds shows its own progress bar (with progress=True),
+# and so does the pass over the batches.
 IW_PROGRESS_AFTER_S = 2.0
+
+
+# An IW-NLL pass estimated to take longer than this says what it computes and how long it will take, and how to
+# make it quicker.
+ANNOUNCE_AFTER_S = 60.0
+
+
+def announce_iw_pass(split: str, k: int, examples: int, seconds: float) -> None:
+    """The line before a long IW-NLL pass: what, how long, and the quick setting."""
+    if seconds < ANNOUNCE_AFTER_S:
+        return
+    quick = max(1, int(k * ANNOUNCE_AFTER_S / 2 / seconds))
+    log.warning("scoring the %s split: IW-NLL with k=%d importance samples over %d examples, estimated %s on this "
+                "machine (k=%d would take ~30 s: iw_samples=%d for `seqvae eval`, trainer.test_iw_samples=%d for "
+                "the test pass after training)", split, k, examples, _duration(seconds), quick, quick, quick)
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds / 3600:.1f} h" if seconds >= 5400 else f"{seconds / 60:.0f} min" if seconds >= 90 \
+        else f"{seconds:.0f} s"
 
 
 @torch.no_grad()
 def iw_log_likelihood(model: LatentModel, batch: Batch, num_samples: int, rows_per_chunk: int = 65536,
                       mu: torch.Tensor | None = None, logvar: torch.Tensor | None = None,
-                      bf16: bool = False, progress: bool = False) -> torch.Tensor:
+                      bf16: bool = False, progress: bool = False,
+                      first_chunk: Callable[[float, int], None] | None = None) -> torch.Tensor:
     """log p(x) ≈ log (1/k) Σ_i p(x|z_i) p(z_i) / q(z_i|x), z_i ~ q(z|x); returns [B].
     bf16: the decoder passes under bfloat16 autocast (the densities and log-sum-exp stay float32).
-    progress: a bar over the samples once the pass has run IW_PROGRESS_AFTER_S seconds."""
+    progress: a bar over the samples once the pass has run IW_PROGRESS_AFTER_S seconds.
+    first_chunk: called with (seconds, samples) after the first chunk of samples, to estimate the whole pass."""
     if mu is None:
         mu, logvar = model.encode(batch)
     device_type = mu.device.type
     per_chunk = max(1, rows_per_chunk // mu.shape[0])
-    chunks, done = [], 0
+    chunks, done, started = [], 0, time.perf_counter()
     with tqdm(total=num_samples, desc="importance samples", unit="sample", delay=IW_PROGRESS_AFTER_S,
               leave=False, disable=not progress) as bar:
         while done < num_samples:
@@ -47,6 +75,8 @@ def iw_log_likelihood(model: LatentModel, batch: Batch, num_samples: int, rows_p
                 log_px = model.log_likelihood(batch, z).float()
             log_w = log_px + standard_normal_log_density(z) - gaussian_log_density(z, mu, logvar)
             chunks.append(torch.logsumexp(log_w, 0))
+            if first_chunk is not None and done == 0:
+                first_chunk(time.perf_counter() - started, s)
             if len(chunks) == MAX_PENDING_CHUNKS:
                 chunks = [torch.logsumexp(torch.stack(chunks), 0)]
             done += s
@@ -126,9 +156,19 @@ def _evaluate(model, dm, split, iw_samples, limit, batch_size, rows_per_chunk, w
     mus, logvars, kl_dims = [], [], []
     per: dict[str, list[torch.Tensor]] = {"rec": [], "kl": [], "iw_nll": []}   # per-example nats
     batches = dm.eval_batches(split, batch_size, limit)
+    total = batch_limit(limit, math.ceil(dm.num_examples(split) / (batch_size or dm.eval_batch_size)))
     if progress and me == 0:
-        total = batch_limit(limit, math.ceil(dm.num_examples(split) / (batch_size or dm.eval_batch_size)))
-        batches = tqdm(batches, total=total, desc=f"eval {split}", leave=False)
+        batches = tqdm(batches, total=total, desc=f"scoring {split}", leave=False, delay=IW_PROGRESS_AFTER_S)
+    estimate = None
+    if progress and me == 0 and iw_samples > 0:
+        def estimate(seconds: float, samples: int, batch: Batch) -> None:
+            """From the first chunk's time: the pass costs ~ samples x tokens (rows for fixed-length data)."""
+            done = int(batch["lengths"].sum()) if "lengths" in batch else batch["x"].shape[0]
+            everything = dm.num_tokens(split) if "lengths" in batch and hasattr(dm, "num_tokens") \
+                else dm.num_examples(split)
+            rows = min(dm.num_examples(split), total * (batch_size or dm.eval_batch_size))
+            scaled = everything * rows / dm.num_examples(split)
+            announce_iw_pass(split, iw_samples, rows, seconds * iw_samples / samples * scaled / done)
     with eval_mode(model):
         for index, batch in enumerate(batches):
             if index % world != me:
@@ -152,8 +192,9 @@ def _evaluate(model, dm, split, iw_samples, limit, batch_size, rows_per_chunk, w
                 kl_dims.append(kl.sum(0))
                 mus.append(mu), logvars.append(logvar)
                 if iw_samples > 0:
+                    first = (lambda t, k, batch=batch: estimate(t, k, batch)) if estimate and index == 0 else None
                     iw_ll = iw_log_likelihood(model, batch, iw_samples, rows_per_chunk, mu, logvar, iw_bf16,
-                                              progress=progress and me == 0)
+                                              progress=progress and me == 0, first_chunk=first)
                     sums["iw_ll"] += float(iw_ll.sum())
                     per["iw_nll"].append(-iw_ll)
             else:

@@ -31,6 +31,7 @@ from seqvae_cli.config.runtime import metric_mode, override_keys, setup_device
 from seqvae_cli.data.base import Batch
 from seqvae_cli.errors import SeqvaeError
 from seqvae_cli.evaluation.evaluate import evaluate, public, split_mutual_information
+from seqvae_cli.evaluation.table import markdown_table, metrics_table
 from seqvae_cli.files import DISK_ERRORS, WriteFailed, as_write_failure, write_json_atomic
 from seqvae_cli.models.base import LatentModel
 from seqvae_cli.objective.elbo import Objective, Terms, TrainingLoss
@@ -56,6 +57,11 @@ CHANGEABLE_ON_RESUME = ("trainer.max_epochs", "trainer.max_steps", "trainer.test
 
 
 RESUMABLE_OVERRIDES = FROM_COMMAND_LINE + CHANGEABLE_ON_RESUME + ("run_dir", "hydra")
+
+
+# The tag prefix of the HParams metrics. TensorBoard's Time Series tab sorts cards by tag prefix and opens the first two
+# groups only: this name sorts after train/, val/ and visuals/, so a run opens on its curves.
+HPARAM_TAG = "z_hparams"
 
 
 # The training sums kept on the device per epoch (Terms: loss, neg_elbo, rec = the log-likelihood, kl, aux).
@@ -698,7 +704,9 @@ class Trainer:
     def validation_metrics(self) -> dict:
         tc = self.cfg.trainer
         metrics = evaluate(self.eval_model(), self.dm, "val", iw_samples=tc.get("val_iw_samples", 0),
-                           limit=tc.limit_val_batches, with_mutual_info=False, seed=tc.seed, sharded=True)
+                           limit=tc.limit_val_batches, with_mutual_info=False, seed=tc.seed, sharded=True,
+                           progress=bool(tc.progress_bar) and self.rank == 0)   # a bar after 2 s
+
         weight = self.objective.kl_weight(max(self.step - 1, 0))
         metrics["loss"] = metrics["rec"] + weight * metrics.get("kl", 0.0)
         return metrics
@@ -762,13 +770,14 @@ class Trainer:
     def test(self) -> dict:
         """Score the test split with the model's current weights (fit() has loaded best.pt into it)."""
         tc = self.cfg.trainer
-        metrics = evaluate(self.model, self.dm, "test", iw_samples=tc.test_iw_samples,
-                           limit=tc.get("limit_test_batches"), seed=tc.seed, sharded=True)
-        for key, value in public(metrics).items():
-            if isinstance(value, (int, float)):
-                self.writer.add_scalar(f"test/{key}", value, self.step)
-        log.info("test (best checkpoint, epoch %d): %s", self.best_epoch, public(metrics))
-        return public(metrics)
+        metrics = public(evaluate(self.model, self.dm, "test", iw_samples=tc.test_iw_samples,
+                                  limit=tc.get("limit_test_batches"), seed=tc.seed, sharded=True,
+                                  progress=bool(tc.progress_bar) and self.rank == 0))
+        # One table, as `seqvae eval` prints it; in TensorBoard the Text tab and the HParams metrics show it rather
+        # than one single-point chart per metric above the training curves.
+        self.writer.add_text("test", markdown_table(metrics), self.step)
+        log.info("test (best checkpoint, epoch %d):\n%s", self.best_epoch, metrics_table(metrics))
+        return metrics
 
     def log_hparams(self, result: dict) -> None:
         """One HParams entry per run, in the run's own event file, so sweeps compare side by side."""
@@ -778,10 +787,11 @@ class Trainer:
             hp.update({k: v for k, v in flat.items() if not k.endswith(("_target_", "data_dir"))})
         hp["trainer.seed"] = self.cfg.trainer.seed
         hp["trainer.weight_average.kind"] = OmegaConf.select(self.cfg, "trainer.weight_average.kind", default="none")
-        metric_dict = {f"hparam/best_{self.optimized_metric.replace('/', '_')}": result["optimized_value"]}
+        # The HParams tab reads its metric values from scalars: HPARAM_TAG sorts them after the curves.
+        metric_dict = {f"{HPARAM_TAG}/best_{self.optimized_metric.replace('/', '_')}": result["optimized_value"]}
         for key in ("neg_elbo", "iw_nll", "rec", "kl", "active_units", "mutual_info", "nll", "ppl"):
             if key in result.get("test", {}):
-                metric_dict[f"hparam/test_{key}"] = result["test"][key]
+                metric_dict[f"{HPARAM_TAG}/test_{key}"] = result["test"][key]
         exp, ssi, sei = hparams_summary(hp, metric_dict)
         fw = self.writer._get_file_writer()
         for summary in (exp, ssi, sei):

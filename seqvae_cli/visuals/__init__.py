@@ -4,6 +4,9 @@ A kind's module defines `during_training(model, dm, writer, step)` (TensorBoard 
 `sample(model, dm, cfg, out_dir, writer, step) -> list[Path]` (everything `seqvae sample` draws) and, optionally,
 `end_of_training(model, dm, out_dir, writer, step)` (files written next to the run's checkpoints). A new data
 kind adds one module and one line to KINDS. Modules are imported on first use: matplotlib is slow to load.
+
+TensorBoard's Time Series tab sorts its cards by tag prefix and opens only the first two groups: pictures are
+tagged visuals/... (seqvae sample's visuals/sample/...), which sorts after the train/ and val/ curves.
 """
 from __future__ import annotations
 

@@ -130,8 +130,8 @@ def during_training(model: LatentModel, dm: DataModule, writer: SummaryWriter, s
     if model.latent_dim == 0:
         return
     with eval_mode(model):
-        _save_and_log(image_reconstructions(model, dm), 8, None, writer, "images/reconstructions", step)
-        _save_and_log(image_prior_samples(model, dm), 8, None, writer, "images/prior_samples", step)
+        _save_and_log(image_reconstructions(model, dm), 8, None, writer, "visuals/reconstructions", step)
+        _save_and_log(image_prior_samples(model, dm), 8, None, writer, "visuals/prior_samples", step)
 
 
 def end_of_training(model: LatentModel, dm: DataModule, out_dir: Path, writer: SummaryWriter, step: int) -> None:
@@ -159,11 +159,11 @@ def sample(model: LatentModel, dm: DataModule, cfg, out_dir: Path, writer: Summa
         figures.append(("manifold", image_manifold(model, dm, cfg.manifold_size), cfg.manifold_size))
     for name, images, nrow in figures:
         path = out_dir / f"{name}.png"
-        _save_and_log(images, nrow, path, writer, f"sample/{name}", step)
+        _save_and_log(images, nrow, path, writer, f"visuals/sample/{name}", step)
         written.append(path)
     scatter = latent_scatter(model, dm, out_dir / "latent_scatter.png", cfg.split, cfg.scatter_points)
     from PIL import Image
     import numpy as np
-    writer.add_image("sample/latent_scatter", np.asarray(Image.open(scatter).convert("RGB")), step, dataformats="HWC")
+    writer.add_image("visuals/sample/latent_scatter", np.asarray(Image.open(scatter).convert("RGB")), step, dataformats="HWC")
     written.append(scatter)
     return written

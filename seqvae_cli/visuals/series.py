@@ -305,7 +305,7 @@ def during_training(model, dm, writer: SummaryWriter, step: int) -> None:
     if model.latent_dim == 0:
         return
     with eval_mode(model):
-        _save(reconstruction_figure(model, dm, "val", 8), None, writer, "series/reconstructions", step)
+        _save(reconstruction_figure(model, dm, "val", 8), None, writer, "visuals/reconstructions", step)
 
 
 def forecast_with_scores(model, dm, cfg, out_dir: Path):
@@ -336,6 +336,6 @@ def sample(model, dm, cfg, out_dir: Path, writer: SummaryWriter, step: int) -> l
     written = []
     for name, draw in figures:
         path = out_dir / f"{name}.png"
-        _save(draw(), path, writer, f"sample/{name}", step)
+        _save(draw(), path, writer, f"visuals/sample/{name}", step)
         written.append(path)
     return written

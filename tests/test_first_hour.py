@@ -1,0 +1,130 @@
+"""Issue 20, "The first hour": what a new user meets first. Fast checks only (a few seconds each): the command line,
+run folders, messages, defaults and the package's metadata."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tomllib
+
+import pytest
+
+from conftest import CONF_DIR, REPO, SEQVAE, compose_train_config, describe, run_seqvae, seqvae_env
+
+
+# ------------------------------------------------------------------------------------------ the command line
+
+def test_help_answers_without_importing_torch():
+    """`seqvae --help` printed after importing torch (~2-5 s); it needs nothing of it."""
+    code = ("import sys; from seqvae_cli.cli import main; sys.argv = ['seqvae', '--help']; main(); "
+            "assert 'torch' not in sys.modules and 'hydra' not in sys.modules, 'heavy imports'")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=seqvae_env())
+    assert proc.returncode == 0, describe(proc)
+    assert proc.stdout.startswith("usage: seqvae VERB")
+
+
+def test_help_into_a_closed_pipe_is_not_a_traceback():
+    """`seqvae --help | head -0`: the reader is gone before seqvae writes. Exit 141 like any command cut off by its
+    pipe, and nothing on stderr."""
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        proc = subprocess.run([SEQVAE, "--help"], stdout=write, stderr=subprocess.PIPE, text=True, env=seqvae_env())
+    finally:
+        os.close(write)
+    assert proc.returncode == 141 and proc.stderr == "", proc.stderr
+
+
+def test_shell_completion_names_the_real_command(tmp_path):
+    """The script Hydra installs completes `seqvae` (there is no `seqvae-train`), and its queries, which carry the
+    whole line (`seqvae train mod`), complete verbs, then the verb's config."""
+    proc = run_seqvae(["train", "--shell-completion", "install=bash"], cwd=tmp_path)
+    assert proc.returncode == 0, describe(proc)
+    assert proc.stdout.rstrip().endswith("hydra_bash_completion seqvae") and "seqvae-" not in proc.stdout
+
+    def query(line: str) -> list[str]:
+        done = run_seqvae(["-sc", "query=bash"], cwd=tmp_path, env=seqvae_env(COMP_LINE=line))
+        assert done.returncode == 0, describe(done)
+        return done.stdout.split()
+    assert "model=lstm_vae" in query("seqvae train model=")
+    from seqvae_cli.cli.command import completion_query
+    os.environ["COMP_LINE"] = "seqvae tr"   # the verb itself is completed without starting Hydra
+    try:
+        assert completion_query(["-sc", "query=bash"]) == []
+    finally:
+        del os.environ["COMP_LINE"]
+
+
+# --------------------------------------------------------------------------------------------- run folders
+
+def test_a_config_error_leaves_no_folder(tmp_path):
+    """The value check runs inside the Hydra app, after Hydra made outputs/NAME/DATE/TIME: that folder goes again."""
+    proc = run_seqvae(["train", "model.likelihood=poisson"], cwd=tmp_path)
+    assert proc.returncode == 2, describe(proc)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_run_folders_are_named_by_what_they_train():
+    from seqvae_cli.config.runtime import _run_dir, run_name
+    assert run_name(None, "mlp_vae", "mnist") == "mlp_vae-mnist"
+    assert run_name("ptb_cyclical_fb", "lstm_vae", "ptb") == "ptb_cyclical_fb"
+    assert _run_dir("train", None, None, None, "lstm_vae", "ptb").startswith("outputs/lstm_vae-ptb/")
+    assert _run_dir("train", None, None, "sines", "lstm_vae", "sines").startswith("outputs/sines/")
+    assert _run_dir("train", "my/run", None, "sines", "lstm_vae", "sines") == "my/run"
+
+
+# ------------------------------------------------------------------------------------------------ downloads
+
+def test_a_failed_download_names_its_cause_and_leaves_no_empty_folder(tmp_path, monkeypatch):
+    """torchvision's message starts with a line that ends in a colon: the cause is its last line."""
+    import torchvision.datasets
+    from seqvae_cli.data.mnist import find_or_download_mnist
+    from seqvae_cli.errors import SeqvaeError
+
+    class Offline:
+        def __init__(self, root, train, download):
+            os.makedirs(os.path.join(root, "MNIST", "raw"), exist_ok=True)   # as torchvision does before fetching
+            raise RuntimeError("Error downloading train-images-idx3-ubyte.gz:\nTried https://example/mnist/, got:\n"
+                               "<urlopen error [Errno -2] Name or service not known>\n")
+    monkeypatch.setattr(torchvision.datasets, "MNIST", Offline)
+    with pytest.raises(SeqvaeError) as caught:
+        find_or_download_mnist(str(tmp_path / "data"), download=True)
+    assert "download failed: RuntimeError: urlopen error [Errno -2] Name or service not known)" in str(caught.value)
+    assert not (tmp_path / "data").exists()
+
+
+# -------------------------------------------------------------------------------------------------- defaults
+
+def test_default_passes_are_sized_for_the_training_they_follow():
+    """The test pass after training skips the IW-NLL (k decoder passes per example), `seqvae eval` uses k=100 (seconds
+    to minutes), and the paper-grade k is an override; presets keep the k they were measured with."""
+    plain = compose_train_config()
+    assert plain.trainer.test_iw_samples == 0 and plain.data.eval_iw_samples == 100
+    assert compose_train_config("model=lstm_vae", "data=ptb").data.eval_iw_samples == 100
+    assert compose_train_config("experiment=mnist_pe").trainer.test_iw_samples == 100
+    assert compose_train_config("experiment=ptb_cyclical_fb").trainer.test_iw_samples == 100
+
+
+def test_a_long_iw_pass_is_announced_with_its_estimate(caplog):
+    from seqvae_cli.evaluation.evaluate import announce_iw_pass
+    with caplog.at_level("WARNING", logger="seqvae"):
+        announce_iw_pass("test", 5000, 10000, 30.0)
+        assert not caplog.records                      # under a minute: nothing to say
+        announce_iw_pass("test", 5000, 10000, 1530.0)
+    line = caplog.records[-1].getMessage()
+    assert "k=5000" in line and "10000 examples" in line and "26 min" in line and "iw_samples=" in line
+
+
+def test_metrics_table_is_one_format():
+    from seqvae_cli.evaluation.table import metrics_table
+    assert metrics_table({"split": "test", "neg_elbo": 90.123456, "active_units": 12}).splitlines() == [
+        "metric        value", "split         test", "neg_elbo      90.1235", "active_units  12"]
+
+
+# -------------------------------------------------------------------------------------------------- package
+
+def test_the_licence_is_named():
+    meta = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    assert meta["license"] == {"text": "MIT"}
+    assert (REPO / "LICENSE").read_text().startswith("MIT License")
+    assert CONF_DIR.is_dir()
