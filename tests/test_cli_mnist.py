@@ -189,8 +189,13 @@ def test_a_relative_data_root_is_kept_absolute_for_eval(tmp_path, mnist_data_dir
 
 def test_sample(smoke_run, tmp_path):
     run = clone_run(smoke_run.run_dir, tmp_path / "run")
+    (run / "samples").mkdir()
+    (run / "samples" / "prior_samples.png").write_bytes(b"an earlier call's")
     proc = run_seqvae(["sample", f"run_dir={run}"], cwd=tmp_path)
     assert proc.returncode == 0, describe(proc)
+    # Issue 20: a second call said nothing while it replaced the first one's files.
+    said = proc.stdout + proc.stderr
+    assert "are replaced; samples_dir=NAME" in said and "prior_samples.png" in said, describe(proc)
     check_pictures(run / "samples", SAMPLE_FILES)
     assert not (run / "samples" / "manifold.png").exists()    # only for a 2-d latent
     for name in SAMPLE_FILES:

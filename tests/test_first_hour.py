@@ -8,6 +8,7 @@ import sys
 import tomllib
 
 import pytest
+import torch
 
 from conftest import CONF_DIR, REPO, SEQVAE, compose_train_config, describe, run_seqvae, seqvae_env
 
@@ -128,3 +129,42 @@ def test_the_licence_is_named():
     assert meta["license"] == {"text": "MIT"}
     assert (REPO / "LICENSE").read_text().startswith("MIT License")
     assert CONF_DIR.is_dir()
+
+
+# ------------------------------------------------------------------------------------------ text decoding
+
+class WeakDecoder(torch.nn.Module):
+    """A collapsed sentence VAE's decoder: whatever z, <unk> is likeliest, then the word 4, then <eos>."""
+    pad_id, unk_id, sos_id, eos_id = 0, 1, 2, 3
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.logits = torch.nn.Parameter(torch.tensor([0.0, 6.0, 0.0, 4.5, 5.0, 1.0, 1.0, 1.0]))
+
+    def init_decoder_state(self, z, n):
+        return (torch.zeros(1, n, 1),)
+
+    def decoder_step(self, tokens, state, z):
+        return torch.log_softmax(self.logits, -1).expand(tokens.shape[0], -1), state
+
+
+def test_decoding_rules_give_sentences():
+    """Issue 20: without rules, greedy repeats <unk> to max_len and beam search (length_penalty 0) returns the empty
+    sentence; sample.yaml's rules (no <unk>, no immediate <eos>, no 3-gram twice) and length penalty give words."""
+    from seqvae_cli.models.decoding import Rules, beam_search, greedy
+    model, z = WeakDecoder(), torch.zeros(2, 1)
+    plain = greedy(model, z, max_len=20)
+    assert plain.lengths.tolist() == [20, 20] and (plain.tokens == model.unk_id).all()
+    assert beam_search(model, z, max_len=20).lengths.tolist() == [1, 1]            # just <eos>: a blank line
+    for out in (greedy(model, z, max_len=20, rules=Rules()),
+                beam_search(model, z, max_len=20, length_penalty=1.0, rules=Rules())):
+        row = out.tokens[0, :out.lengths[0]].tolist()
+        assert row == [4, 4, 4, model.eos_id], row       # the loop stops before it repeats a 3-gram
+    unk_ok = greedy(model, z, max_len=5, rules=Rules(allow_unk=True, no_repeat_ngram=0))
+    assert (unk_ok.tokens == model.unk_id).all()
+
+
+def test_sample_defaults_are_the_rules():
+    from omegaconf import OmegaConf
+    cfg = OmegaConf.load(CONF_DIR / "sample.yaml")
+    assert (cfg.allow_unk, cfg.min_len, cfg.no_repeat_ngram, cfg.length_penalty) == (False, 1, 3, 1.0)

@@ -193,15 +193,30 @@ def sample_app(cfg: DictConfig) -> None:
         if model.latent_dim == 0 and dm.kind != "text":
             raise SeqvaeError("this run's model has no latent variable: there is nothing to sample from a prior")
         run_dir = _output_folder(cfg)
+        out = _samples_folder(run_dir, str(cfg.get("samples_dir") or "samples"))
         torch.manual_seed(cfg.seed)
         writer = LazyWriter(str(run_dir / "tb"))
-        written = visuals.sample(model, dm, cfg, run_dir / "samples", writer, state["step"])
+        written = visuals.sample(model, dm, cfg, out, writer, state["step"])
         writer.close()
     except SeqvaeError as exc:
         _fail(exc)
         return
     for path in written:
         print(f"written: {path}")
+
+
+def _samples_folder(run_dir: Path, name: str) -> Path:
+    """RUN/NAME, where this call's files go; a folder that holds files already is said to be replaced, with the
+    setting that keeps both (nothing is overwritten silently)."""
+    if Path(name).is_absolute() or ".." in Path(name).parts:
+        raise SeqvaeError(f"samples_dir={name!r} must be a folder name inside the run (e.g. samples_dir=samples_2)")
+    out = run_dir / name
+    earlier = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    if earlier:
+        shown = ", ".join(earlier[:4]) + (f" and {len(earlier) - 4} more" if len(earlier) > 4 else "")
+        log.warning("%s already holds %d files (%s): the ones this call draws again are replaced; samples_dir=NAME "
+                    "writes RUN/NAME instead and keeps them", out, len(earlier), shown)
+    return out
 
 
 class LazyWriter:

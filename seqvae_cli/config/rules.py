@@ -213,6 +213,9 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "top_p": number(0, 1, lo_open=True),
     "beam_width": number(1, integer=True),
     "length_penalty": number(0),
+    "allow_unk": BOOLEAN,
+    "min_len": number(0, integer=True),
+    "no_repeat_ngram": number(0, integer=True),
     "max_len": number(1, MAX_DECODE_LEN, integer=True),
     # time series: the series LSTM-VAE's keys (model=lstm_vae), eval's anomaly score, sample's forecasts
     "model.series_decoder": one_of("repeat", "autoregressive"),
