@@ -168,3 +168,49 @@ def test_sample_defaults_are_the_rules():
     from omegaconf import OmegaConf
     cfg = OmegaConf.load(CONF_DIR / "sample.yaml")
     assert (cfg.allow_unk, cfg.min_len, cfg.no_repeat_ngram, cfg.length_penalty) == (False, 1, 3, 1.0)
+
+
+# ------------------------------------------------------------------------------------------ eval subsets
+
+def _text_data(tmp_path):
+    from seqvae_cli.data.text import TextData
+    words = [f"w{i}" for i in range(30)]
+    lines = [" ".join(words[: 1 + i % 30]) for i in range(600)]          # lengths 1..30, evenly
+    for name in ("train", "valid", "test"):
+        (tmp_path / f"{name}.txt").write_text("\n".join(lines) + "\n")
+    dm = TextData(str(tmp_path / "train.txt"), str(tmp_path / "valid.txt"), str(tmp_path / "test.txt"),
+                  relative_to="cwd", eval_batch_size=50)
+    dm.setup(torch.device("cpu"))
+    return dm
+
+
+def test_limit_examples_is_exact_and_representative_for_every_kind(tmp_path, mnist_data_dir):
+    """Issue 20: text `limit_examples=256` scored 177 sentences of the longest length bucket. Now: exactly n,
+    uniformly drawn with the seed, whatever order the batches take; per-timestamp scores only for whole splits."""
+    from seqvae_cli.data.mnist import MNISTData
+    from seqvae_cli.data.series.sines import SinesData
+
+    text = _text_data(tmp_path)
+    full = text._cpu_lengths["test"].float()
+    text.keep_examples("test", 256, seed=0)
+    kept = torch.cat([b["lengths"] for b in text.eval_batches("test")]).float()
+    assert kept.numel() == 256 == text.num_examples("test")
+    assert abs(kept.mean() - full.mean()) < 0.15 * full.mean() and kept.min() <= 3 and kept.max() >= 28
+    (tmp_path / "again").mkdir()
+    again = _text_data(tmp_path / "again")
+    again.keep_examples("test", 256, seed=0)
+    assert torch.equal(torch.cat([b["x"][:, :1] for b in again.eval_batches("test")]),
+                       torch.cat([b["x"][:, :1] for b in text.eval_batches("test")]))    # seeded
+
+    sines = SinesData(num_series={"train": 20, "val": 10, "test": 100}, seq_len=12, channels=1)
+    sines.setup(torch.device("cpu"))
+    labels = sines.splits["test"]["label"].clone()
+    sines.keep_examples("test", 40, seed=1)
+    assert sum(b["x"].shape[0] for b in sines.eval_batches("test")) == 40 and sines.subsets == {"test": 100}
+    assert int(labels.sum()) == 10 and 0 < int(sines.splits["test"]["label"].sum()) < 40   # both classes kept
+
+    mnist = MNISTData(str(mnist_data_dir), eval_batch_size=1000)
+    mnist.setup(torch.device("cpu"))
+    mnist.keep_examples("test", 300, seed=0)
+    digits = torch.cat([b["y"] for b in mnist.eval_batches("test")])
+    assert digits.numel() == 300 and digits.unique().numel() == 10

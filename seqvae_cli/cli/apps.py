@@ -123,12 +123,10 @@ def eval_app(cfg: DictConfig) -> dict | float:
         _, dm, model, state = load_run(cfg.run_dir, cfg.checkpoint, device, cfg.paths.data_dir,
                                           _data_dir_is_default())
         k = cfg.iw_samples or dm.eval_iw_samples
-        batch_size, limit = cfg.batch_size, None
-        if cfg.limit_examples:  # equal batches that add up to limit_examples (exactly, when it divides evenly)
-            limit = math.ceil(cfg.limit_examples / cfg.batch_size)
-            batch_size = math.ceil(cfg.limit_examples / limit)
+        if cfg.limit_examples:  # exactly that many, drawn across the split (its batches may be sorted by length)
+            dm.keep_examples(cfg.split, cfg.limit_examples, cfg.seed)
         out_dir, started = _output_folder(cfg), time.time()
-        metrics = public(evaluate(model, dm, cfg.split, iw_samples=k, limit=limit, batch_size=batch_size,
+        metrics = public(evaluate(model, dm, cfg.split, iw_samples=k, batch_size=cfg.batch_size,
                                   rows_per_chunk=cfg.iw_rows_per_chunk, progress=True, seed=cfg.seed,
                                   iw_bf16=is_bf16(cfg.iw_precision),
                                   # time series: the anomaly score, and where its CSV files go

@@ -92,6 +92,23 @@ class DataModule:
     def num_train_batches(self, limit: int | float | None = None) -> int:
         return batch_limit(limit, math.ceil(self.num_examples("train") / self.batch_size))
 
+    def keep_examples(self, split: str, n: int, seed: int) -> None:
+        """`seqvae eval limit_examples=n`: from here on `split` is n of its examples drawn uniformly with `seed` (kept
+        in storage order), so that the scores describe the split, whatever its batches are sorted by."""
+        total = self.num_examples(split)
+        if n >= total:
+            return
+        drawn = torch.randperm(total, generator=torch.Generator().manual_seed(seed))[:n]
+        self.restrict(split, torch.sort(drawn).values)
+        self.subsets = {**self.subsets, split: total}   # the instance's own dict, not the class default
+
+    # Splits cut down by keep_examples: split -> how many examples it had.
+    subsets: dict[str, int] = {}
+
+    def restrict(self, split: str, rows: torch.Tensor) -> None:
+        """Keep only these rows (a CPU index tensor) of `split`."""
+        raise NotImplementedError
+
     def state_dict(self) -> dict:
         """What must travel with a checkpoint so eval/sample rebuild the data identically (e.g. a vocabulary)."""
         return {}

@@ -159,6 +159,12 @@ class MNISTData(DataModule):
         for i in range(batch_limit(limit, math.ceil(x.shape[0] / bs))):
             yield {"x": x[i * bs:(i + 1) * bs], "y": y[i * bs:(i + 1) * bs]}
 
+    def restrict(self, split: str, rows: torch.Tensor) -> None:
+        if split == "train" and self.binarize == "dynamic":   # the same binarisation as the whole split's
+            self._binary_train = self.binary_train_images()[rows.to(self.device)]
+        x, y = self.splits[split]
+        self.splits[split] = (x[rows.to(x.device)], y[rows.to(y.device)])
+
     def binary_train_images(self) -> torch.Tensor:
         """Dynamically binarised training images are kept grey; scoring them (eval split=train) uses one fixed
         binarisation, drawn on the CPU as val/test were, so the scores are of binary images and the same on

@@ -319,6 +319,12 @@ class TextData(DataModule):
         for i in batch_order[:batch_limit(limit, len(chunks))]:
             yield self._gather(split, chunks[i])
 
+    def restrict(self, split: str, rows: torch.Tensor) -> None:
+        x, lengths = self.splits[split]
+        t = int(self._cpu_lengths[split][rows].max())
+        self.splits[split] = (x[rows.to(x.device), :t], lengths[rows.to(lengths.device)])
+        self._cpu_lengths[split] = self._cpu_lengths[split][rows]
+
     def state_dict(self) -> dict:
         return {"itos": list(self.itos), "tokenizer": self.tokenizer, "lowercase": self.lowercase,
                 "min_freq": self.min_freq, "max_size": self.max_size,

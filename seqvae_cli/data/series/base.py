@@ -166,6 +166,9 @@ class SeriesData(DataModule):
         for i in range(batch_limit(limit, math.ceil(n / bs))):
             yield {k: v[i * bs:(i + 1) * bs] for k, v in tensors.items()}
 
+    def restrict(self, split: str, rows: torch.Tensor) -> None:
+        self.splits[split] = {k: v.index_select(0, rows.to(v.device)) for k, v in self.splits[split].items()}
+
     def state_dict(self) -> dict:
         if self.normalizer is None:
             return {}
