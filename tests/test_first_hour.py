@@ -214,3 +214,24 @@ def test_limit_examples_is_exact_and_representative_for_every_kind(tmp_path, mni
     mnist.keep_examples("test", 300, seed=0)
     digits = torch.cat([b["y"] for b in mnist.eval_batches("test")])
     assert digits.numel() == 300 and digits.unique().numel() == 10
+
+
+# ------------------------------------------------------------------------------------ series figures
+
+@pytest.mark.parametrize("decoder", ["autoregressive", "repeat"])
+def test_series_reconstructions_are_readable_and_explained(decoder):
+    """Issue 20: reconstructions.png was 18 inches of 8 cells a row, with MSEs of 0.5-3.1 next to excellent
+    forecasts and no word on why. Now two a row, and a caption with the reason."""
+    from seqvae_cli.data.series.sines import SinesData
+    from seqvae_cli.models.series_vae import SeriesLSTMVAE
+    from seqvae_cli.visuals.series import _pyplot, reconstruction_figure
+    dm = SinesData(num_series={"train": 8, "val": 16, "test": 8}, seq_len=20, channels=2)
+    dm.setup(torch.device("cpu"))
+    model = SeriesLSTMVAE(num_channels=2, seq_len=20, embed_dim=4, hidden_size=8, latent_dim=2,
+                          series_decoder=decoder).eval()
+    fig = reconstruction_figure(model, dm, "val", 16)
+    width, height = fig.get_size_inches()
+    assert width <= 10.5 and height > width      # two sequences a row, not eight
+    caption = " ".join(t.get_text() for t in fig.texts).replace("\n", " ")
+    assert "normalised units" in caption and ("drifts in phase" in caption) == (decoder == "autoregressive")
+    _pyplot().close(fig)
