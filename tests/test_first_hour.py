@@ -235,3 +235,77 @@ def test_series_reconstructions_are_readable_and_explained(decoder):
     caption = " ".join(t.get_text() for t in fig.texts).replace("\n", " ")
     assert "normalised units" in caption and ("drifts in phase" in caption) == (decoder == "autoregressive")
     _pyplot().close(fig)
+
+
+# -------------------------------------------------------------------------------------- a checkpoint stands alone
+
+def _trained(tmp_path, *overrides: str):
+    """A few steps of training, in this process; returns the run folder."""
+    from seqvae_cli.training.loop import Trainer
+    run = tmp_path / "run"
+    Trainer(compose_train_config("debug=smoke", "trainer.progress_bar=false", "trainer.log_visuals=false",
+                                 "trainer.test=false", "device=cpu", "trainer.max_epochs=1", *overrides), run, []).fit()
+    return run
+
+
+def _sample_cfg(**values):
+    from omegaconf import OmegaConf
+    cfg = OmegaConf.load(CONF_DIR / "sample.yaml")
+    cfg.merge_with(values)
+    return cfg
+
+
+def test_text_sample_and_eval_need_only_the_checkpoint_and_the_split(tmp_path):
+    """Issue 20: with PTB gone, sampling from your own sentences failed (and tried a download). The vocabulary is in
+    the checkpoint: sample needs no file, eval only the file of the split it scores."""
+    from seqvae_cli import visuals
+    from seqvae_cli.training.checkpoint import load_run
+    from seqvae_cli.evaluation.evaluate import evaluate
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    _text_data(corpus)
+    run = _trained(tmp_path, "model=lstm_vae", "data=text", f"data.train_file={corpus}/train.txt",
+                   f"data.val_file={corpus}/valid.txt", f"data.test_file={corpus}/test.txt", "model.embed_dim=8",
+                   "model.hidden_size=8", "model.latent_dim=4", "data.eval_batch_size=50")
+    (corpus / "train.txt").unlink(), (corpus / "valid.txt").unlink()
+    _, dm, model, _ = load_run(str(run), "best", torch.device("cpu"), splits=("test",))
+    assert evaluate(model, dm, "test", iw_samples=2)["num_examples"] == 600
+    (corpus / "test.txt").unlink()
+    _, dm, model, _ = load_run(str(run), "best", torch.device("cpu"), splits=())
+    cfg = _sample_cfg(sentences=["w0 w1 w2", "w3 w4"], num_samples=3, max_len=8, beam_width=2)
+    written = visuals.sample(model, dm, cfg, tmp_path / "samples", NullWriter(), 0)
+    assert {p.name for p in written} >= {"prior_greedy.txt", "reconstructions.txt", "homotopy.txt"}
+
+
+def test_image_and_series_sample_without_data_draw_the_prior(tmp_path, mnist_data_dir):
+    """A checkpoint on its own: prior samples (in the data's units, for series) and nothing that needs the data."""
+    from seqvae_cli import visuals
+    from seqvae_cli.training.checkpoint import load_run
+    for kind, overrides in (("image", ["model.hidden_sizes=[16]", "model.latent_dim=2"]),
+                            ("series", ["experiment=sines", "data.num_series.train=64", "data.num_series.val=16",
+                                        "data.num_series.test=16", "model.hidden_size=8", "model.embed_dim=4"])):
+        work = tmp_path / kind
+        run = _trained(work, *overrides)
+        _, dm, model, _ = load_run(str(run), "best", torch.device("cpu"), str(work / "no_data"), splits=())
+        assert not dm.has_split("test")
+        names = {p.name for p in visuals.sample(model, dm, _sample_cfg(num_samples=4), work / "s", NullWriter(), 0)}
+        assert names == ({"prior_samples.png", "manifold.png"} if kind == "image" else {"prior_samples.png"})
+
+
+class NullWriter:
+    def __getattr__(self, name):
+        return lambda *args, **kwargs: None
+
+
+def test_mnist_test_split_alone_is_the_same_test_split(tmp_path, mnist_data_dir):
+    """`seqvae eval` (split=test) reads the two t10k files only, and binarises them exactly as a full set-up does."""
+    from seqvae_cli.data.mnist import MNISTData
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name in ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+        (raw / name).symlink_to(mnist_data_dir / "MNIST" / "raw" / name)
+    alone, full = MNISTData(str(tmp_path), download=False), MNISTData(str(mnist_data_dir), download=False)
+    alone.setup(torch.device("cpu"), splits=("test",))
+    full.setup(torch.device("cpu"))
+    assert alone.has_split("test") and not alone.has_split("train")
+    assert torch.equal(alone.splits["test"][0], full.splits["test"][0])

@@ -120,8 +120,9 @@ def eval_app(cfg: DictConfig) -> dict | float:
     try:
         validate(cfg)
         device = setup_device(cfg.device, bf16=is_bf16(cfg.iw_precision))
+        # Only the split it scores: the checkpoint carries the rest (a vocabulary, normalisation statistics).
         _, dm, model, state = load_run(cfg.run_dir, cfg.checkpoint, device, cfg.paths.data_dir,
-                                          _data_dir_is_default())
+                                       _data_dir_is_default(), splits=(str(cfg.split),))
         k = cfg.iw_samples or dm.eval_iw_samples
         if cfg.limit_examples:  # exactly that many, drawn across the split (its batches may be sorted by length)
             dm.keep_examples(cfg.split, cfg.limit_examples, cfg.seed)
@@ -186,8 +187,7 @@ def sample_app(cfg: DictConfig) -> None:
     try:
         validate(cfg)
         device = setup_device(cfg.device)
-        _, dm, model, state = load_run(cfg.run_dir, cfg.checkpoint, device, cfg.paths.data_dir,
-                                          _data_dir_is_default())
+        _, dm, model, state = _load_for_sampling(cfg, device)
         if model.latent_dim == 0 and dm.kind != "text":
             raise SeqvaeError("this run's model has no latent variable: there is nothing to sample from a prior")
         run_dir = _output_folder(cfg)
@@ -201,6 +201,30 @@ def sample_app(cfg: DictConfig) -> None:
         return
     for path in written:
         print(f"written: {path}")
+
+
+def _load_for_sampling(cfg: DictConfig, device: torch.device) -> tuple:
+    """The run, with its `split` when the data is there: without it (a checkpoint shared on its own, data not yet
+    downloaded), what needs only the checkpoint is drawn (prior samples; your sentences, for text) and a warning
+    says what the rest needs. Two or more sentences of your own need no split at all."""
+    from seqvae_cli.training.checkpoint import load_run
+    from seqvae_cli.visuals.text import given_sentences
+    args = (cfg.run_dir, cfg.checkpoint, device, cfg.paths.data_dir, _data_dir_is_default())
+    if len(given_sentences(cfg)) >= 2:
+        return load_run(*args, splits=())
+    try:
+        return load_run(*args, splits=(str(cfg.split),))
+    except SeqvaeError as missing:
+        try:
+            found = load_run(*args, splits=())
+        except SeqvaeError:
+            raise missing from None
+        if found[1].has_split(str(cfg.split)):   # the failure was not about the data
+            raise missing from None
+        log.warning("drawing only what the checkpoint alone gives (prior samples%s): the figures of the %s split "
+                    "need its data, which failed to load: %s", ", your sentences" if given_sentences(cfg) else "",
+                    cfg.split, missing)
+        return found
 
 
 def _samples_folder(run_dir: Path, name: str) -> Path:

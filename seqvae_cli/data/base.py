@@ -71,8 +71,15 @@ class DataModule:
     eval_iw_samples: int
     iw_rows_per_chunk: int = 65536  # examples x importance samples scored at once in the IW pass
 
-    def setup(self, device: torch.device) -> None:
+    def setup(self, device: torch.device, splits: tuple[str, ...] | None = None) -> None:
+        """Load the data onto `device`. splits: None = every split (training); a tuple = only those, for a model
+        rebuilt from its checkpoint (load_state_dict first), which carries what the others would give (a
+        vocabulary, normalisation statistics): `seqvae sample` needs none, `seqvae eval` the one it scores."""
         raise NotImplementedError
+
+    def has_split(self, split: str) -> bool:
+        """Whether `split` was loaded (setup with a tuple of splits loads only those)."""
+        return True
 
     def model_kwargs(self) -> dict:
         """Shapes the model needs from the data (input size, vocabulary size, ...)."""

@@ -43,11 +43,12 @@ def read_idx(path: Path) -> torch.Tensor:
     return torch.frombuffer(bytearray(raw[offset:]), dtype=torch.uint8).reshape(dims)
 
 
-def find_or_download_mnist(data_dir: str, download: bool) -> Path:
-    """Return the folder holding the four raw MNIST files, downloading them (torchvision) if absent."""
+def find_or_download_mnist(data_dir: str, download: bool, needed: tuple[str, ...] = tuple(MNIST_FILES)) -> Path:
+    """Return the folder holding the raw MNIST files `needed` (default: all four), downloading them (torchvision)
+    if absent."""
     root = resolve_data_dir(data_dir)
     raw = root / "MNIST" / "raw"
-    missing = [f for f in MNIST_FILES if not (raw / f).exists()]
+    missing = [f for f in needed if not (raw / f).exists()]
     if not missing:
         return raw
     reason = "download=false"
@@ -57,7 +58,7 @@ def find_or_download_mnist(data_dir: str, download: bool) -> Path:
             from torchvision.datasets import MNIST
             MNIST(str(root), train=True, download=True)   # md5-checked, with a progress bar
             MNIST(str(root), train=False, download=True)
-            missing = [f for f in MNIST_FILES if not (raw / f).exists()]
+            missing = [f for f in needed if not (raw / f).exists()]
             if not missing:
                 return raw
             reason = "the download finished but files are still missing"
@@ -110,10 +111,26 @@ class MNISTData(DataModule):
         self.splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self._binary_train: torch.Tensor | None = None
 
-    def setup(self, device: torch.device) -> None:
-        raw = find_or_download_mnist(self.data_dir, self.download)
-        train_x, train_y = read_mnist_split(raw, "train-images-idx3-ubyte", "train-labels-idx1-ubyte")
-        test_x, test_y = read_mnist_split(raw, "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+    def setup(self, device: torch.device, splits: tuple[str, ...] | None = None) -> None:
+        self.device = device
+        wanted = ("train", "val", "test") if splits is None else tuple(splits)
+        if not wanted:
+            return    # a model from its checkpoint draws from its prior without images
+        # Static binarisation draws the test images' bits after the training images': it needs them all.
+        need_train = bool({"train", "val"} & set(wanted)) or self.binarize == "static"
+        files = (["train-images-idx3-ubyte", "train-labels-idx1-ubyte"] if need_train else []) + \
+            (["t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"] if "test" in wanted else [])
+        raw = find_or_download_mnist(self.data_dir, self.download, tuple(files))
+        if files[0].startswith("train"):
+            train_x, train_y = read_mnist_split(raw, "train-images-idx3-ubyte", "train-labels-idx1-ubyte")
+        else:   # the test split alone: stand-ins for the training images, never served, with as many validation
+            # images as the real ones, so the test images' fixed binarisation draws exactly the same bits
+            train_x, train_y = torch.zeros(self.num_val + 1, 784, dtype=torch.uint8), torch.zeros(self.num_val + 1,
+                                                                                                   dtype=torch.long)
+        if "test" in wanted:
+            test_x, test_y = read_mnist_split(raw, "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+        else:
+            test_x, test_y = torch.zeros(0, 784, dtype=torch.uint8), torch.zeros(0, dtype=torch.long)
         n_train = train_x.shape[0] - self.num_val
         if n_train < 1:   # else an empty training split fails far downstream (e.g. as "no VAE step is left")
             raise SeqvaeError(
@@ -132,8 +149,11 @@ class MNISTData(DataModule):
             # val/test are binarised once with a fixed seed (the usual protocol for reported NLLs).
             elif self.binarize == "dynamic" and split != "train":
                 x = torch.bernoulli(x, generator=gen)
-            self.splits[split] = (x.to(device), labels[split].to(device))
-        self.device = device
+            if split in wanted:
+                self.splits[split] = (x.to(device), labels[split].to(device))
+
+    def has_split(self, split: str) -> bool:
+        return split in self.splits
 
     def model_kwargs(self) -> dict:
         return {"input_dim": 784}

@@ -336,6 +336,12 @@ def forecast_with_scores(model, dm, cfg, out_dir: Path):
 
 def sample(model, dm, cfg, out_dir: Path, writer: SummaryWriter, step: int) -> list[Path]:
     """Everything `seqvae sample` draws for a time-series model; returns the files written."""
+    if not dm.has_split(cfg.split):   # a checkpoint on its own: the prior's sequences, in the data's units
+        out_dir.mkdir(parents=True, exist_ok=True)
+        path = out_dir / "prior_samples.png"
+        _save(prior_samples_figure(model, dm, cfg.num_samples, cfg.seed), path, writer, "visuals/sample/prior_samples",
+              step)
+        return [path]
     windows = len(forecast_windows(dm, cfg.split, cfg.forecast_windows))
     check_fits("num_forecasts", cfg.num_forecasts, forecast_sample_bytes(model, windows), 0,
                f"{cfg.num_forecasts} forecasts of each of {windows} windows at once", dm.device)

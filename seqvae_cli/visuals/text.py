@@ -114,7 +114,7 @@ def sample(model, dm, cfg, out_dir: Path, writer: SummaryWriter, step: int) -> l
     for name, kwargs in strategies.items():
         files[f"prior_{name}"] = prior_sentences(model, dm, cfg.num_samples, cfg.seed, max_len=cfg.max_len,
                                                  progress=f"prior sentences, {name}", rules=rules, **kwargs)
-    if model.latent_dim > 0:
+    if model.latent_dim > 0 and (sentences or dm.has_split(cfg.split)):
         inputs = sentences or _some_sentences(dm, cfg.split, cfg.num_reconstructions)
         greedy_out = reconstructions(model, dm, inputs, "greedy", cfg.max_len, progress="reconstructions, greedy",
                                      rules=rules)
@@ -123,11 +123,13 @@ def sample(model, dm, cfg, out_dir: Path, writer: SummaryWriter, step: int) -> l
         known = [dm.decode_ids(dm.encode_sentence(s)) for s in inputs]  # what the model read (<unk> shown)
         files["reconstructions"] = [f"input : {s}\nread  : {k}\ngreedy: {g}\nbeam  : {b}\n"
                                     for s, k, g, b in zip(inputs, known, greedy_out, beam_out)]
-        ends = inputs[:2] if len(inputs) >= 2 else _some_sentences(dm, cfg.split, 2)
-        mu, _ = model.encode(dm.batch_from_sentences(ends))
-        path = homotopy(mu[0], mu[1], cfg.interpolation_steps)
-        decoded = decode(model, path, max_len=cfg.max_len, progress="homotopy", rules=rules)
-        files["homotopy"] = [f"from: {ends[0]}"] + to_text(dm, decoded) + [f"to  : {ends[1]}"]
+        ends = inputs[:2] if len(inputs) >= 2 else _some_sentences(dm, cfg.split, 2) if dm.has_split(cfg.split) \
+            else []
+        if len(ends) == 2:   # one sentence of your own and no data: no second end
+            mu, _ = model.encode(dm.batch_from_sentences(ends))
+            path = homotopy(mu[0], mu[1], cfg.interpolation_steps)
+            decoded = decode(model, path, max_len=cfg.max_len, progress="homotopy", rules=rules)
+            files["homotopy"] = [f"from: {ends[0]}"] + to_text(dm, decoded) + [f"to  : {ends[1]}"]
     written = []
     for name, lines in files.items():
         target = out_dir / f"{name}.txt"
