@@ -309,3 +309,37 @@ def test_mnist_test_split_alone_is_the_same_test_split(tmp_path, mnist_data_dir)
     full.setup(torch.device("cpu"))
     assert alone.has_split("test") and not alone.has_split("train")
     assert torch.equal(alone.splits["test"][0], full.splits["test"][0])
+
+
+# ------------------------------------------------------------------------------------------ collapse
+
+def test_a_collapsed_latent_is_said_with_its_remedy():
+    from seqvae_cli.training.collapse import collapse_warning
+    plain = compose_train_config("model=lstm_vae", "data=ptb", "recipe=none")
+    line = collapse_warning({"kl": 0.0088, "active_units": 0}, plain, 32, "test")
+    assert "KL 0.0088 nats, 0 of 32 active units" in line
+    assert "objective.kl_anneal.schedule=cyclical objective.free_bits.per_dim=0.05" in line
+    recipe = compose_train_config("model=lstm_vae", "data=ptb")
+    assert "objective.free_bits.per_dim=0.1" in collapse_warning({"kl": 0.5, "active_units": 2}, recipe, 32, "test")
+    assert collapse_warning({"kl": 1.66, "active_units": 32}, recipe, 32, "test") is None
+    assert collapse_warning({"kl": 3.0, "active_units": 2}, recipe, 2, "test") is None   # all of a 2-d latent
+
+
+def test_the_headline_commands_train_their_recipe():
+    """Issue 20: `model=lstm_vae data=ptb` trained a constant KL weight without free bits, and collapsed. It trains
+    the measured recipe now; recipe=none is the plain VAE; the presets compose exactly as before (they opt out)."""
+    cfg = compose_train_config("model=lstm_vae", "data=ptb")
+    assert cfg.objective.kl_anneal.schedule == "cyclical" and cfg.objective.free_bits.per_dim == 0.05
+    assert cfg.model.tie_weights and cfg.model.embed_dropout == 0.4 and cfg.model.weight_drop == 0.25
+    assert cfg.optim.lr_schedule == "cosine" and cfg.optim.grad_clip == 5.0
+    plain = compose_train_config("model=lstm_vae", "data=ptb", "recipe=none")
+    assert plain.objective.kl_anneal.schedule == "constant" and plain.objective.free_bits.per_dim == 0
+    assert not plain.model.tie_weights
+    fb = compose_train_config("experiment=ptb_cyclical_fb")
+    assert (fb.model.embed_dropout, fb.model.weight_drop, fb.trainer.max_epochs) == (0.5, 0.0, 30)
+    assert compose_train_config("experiment=ptb_bowman").objective.free_bits.per_dim == 0
+    assert compose_train_config("model=lstm_vae", "data=ptb", "objective.free_bits.per_dim=0.1"
+                                ).objective.free_bits.per_dim == 0.1             # the command line still wins
+    for data in ("sines", "ecg5000", "nab", "csv"):
+        series = compose_train_config("model=lstm_vae", f"data={data}")
+        assert series.objective.kl_anneal.schedule != "constant", data

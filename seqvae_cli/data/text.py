@@ -229,10 +229,9 @@ class TextData(DataModule):
         from_checkpoint = splits is not None and self.loaded_state is not None
         wanted = tuple(splits) if from_checkpoint else ("train", "val", "test")
         if self.download:
-            needed = {p.parent: tuple(p.name for s, p in self.paths.items() if s in wanted and p.parent == folder
-                                      and p.name in PTB_MD5 and not p.is_file())
-                      for folder in {p.parent for p in self.paths.values()}}
-            for folder, names in sorted(needed.items()):
+            for folder in sorted({p.parent for p in self.paths.values()}):
+                names = tuple(p.name for s, p in self.paths.items() if s in wanted and p.parent == folder
+                              and p.name in PTB_MD5 and not p.is_file())
                 if names:
                     find_or_download_ptb(folder, self.download, names)
         sentences = {split: read_sentences(self.paths[split], self.tokenizer, self.lowercase) for split in wanted}

@@ -37,6 +37,7 @@ from seqvae_cli.models.base import LatentModel
 from seqvae_cli.objective.elbo import Objective, Terms, TrainingLoss
 from seqvae_cli.training.captured_step import CapturedStep, WARMUP_STEPS
 from seqvae_cli.training.checkpoint import FORMAT, build, check_belongs, check_finite_weights, load_checkpoint, load_model_state, record_run_id, recorded_run_id, save_atomic
+from seqvae_cli.training.collapse import collapse_warning
 from seqvae_cli.training.extras import AggressiveEncoder, WeightAverage, frozen
 from seqvae_cli.training.interrupt import StopRequests, Stopped, stop_message
 
@@ -515,6 +516,11 @@ class Trainer:
             self.log_hparams(result)
             if tc.log_visuals:
                 visuals.end_of_training(self.model, self.dm, self.run_dir / "samples", self.writer, self.step)
+            # Last, where it is seen: a collapsed latent trains without any error.
+            said = collapse_warning(result.get("test") or self.best_val, self.cfg, self.model.latent_dim,
+                                    "test" if result.get("test") else "validation")
+            if said and self.model.variational:
+                log.warning(said)
         self.writer.close()
         distributed.barrier()  # no rank leaves (and tears the group down) while rank 0 still writes
         return result
