@@ -343,3 +343,15 @@ def test_the_headline_commands_train_their_recipe():
     for data in ("sines", "ecg5000", "nab", "csv"):
         series = compose_train_config("model=lstm_vae", f"data={data}")
         assert series.objective.kl_anneal.schedule != "constant", data
+
+
+def test_sample_command_without_the_data_draws_the_prior_and_says_why(smoke_run, tmp_path):
+    from conftest import clone_run
+    run = clone_run(smoke_run.run_dir, tmp_path / "run")
+    empty = tmp_path / "no_data"
+    empty.mkdir()
+    proc = run_seqvae(["sample", f"run_dir={run}", f"paths.data_dir={empty}", "num_samples=4"], cwd=tmp_path)
+    assert proc.returncode == 0, describe(proc)
+    assert sorted(p.name for p in (run / "samples").iterdir()) == ["prior_samples.png"]
+    assert "drawing only what the checkpoint alone gives" in proc.stdout + proc.stderr
+    assert not list(empty.iterdir())          # nothing downloaded into it

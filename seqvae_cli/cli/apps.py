@@ -206,11 +206,11 @@ def sample_app(cfg: DictConfig) -> None:
 def _load_for_sampling(cfg: DictConfig, device: torch.device) -> tuple:
     """The run, with its `split` when the data is there: without it (a checkpoint shared on its own, data not yet
     downloaded), what needs only the checkpoint is drawn (prior samples; your sentences, for text) and a warning
-    says what the rest needs. Two or more sentences of your own need no split at all."""
+    says what the rest needs. Sentences of your own need no split at all (one alone: no homotopy)."""
     from seqvae_cli.training.checkpoint import load_run
     from seqvae_cli.visuals.text import given_sentences
     args = (cfg.run_dir, cfg.checkpoint, device, cfg.paths.data_dir, _data_dir_is_default())
-    if len(given_sentences(cfg)) >= 2:
+    if given_sentences(cfg):
         return load_run(*args, splits=())
     try:
         return load_run(*args, splits=(str(cfg.split),))

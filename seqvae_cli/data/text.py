@@ -235,8 +235,12 @@ class TextData(DataModule):
                 if names:
                     find_or_download_ptb(folder, self.download, names)
         sentences = {split: read_sentences(self.paths[split], self.tokenizer, self.lowercase) for split in wanted}
-        if "train" in sentences:
-            built = build_vocabulary(sentences["train"], self.min_freq, self.max_size)
+        train = sentences.get("train")
+        if train is None and wanted and self.paths["train"].is_file():
+            # Scoring a split: the training file, when it is still there, tells whether the data moved under the run.
+            train = read_sentences(self.paths["train"], self.tokenizer, self.lowercase)
+        if train is not None:
+            built = build_vocabulary(train, self.min_freq, self.max_size)
             if self.loaded_state is not None:
                 self._check_vocabulary(built)
             self.itos = built
