@@ -114,6 +114,10 @@ def test_a_long_iw_pass_is_announced_with_its_estimate(caplog):
         announce_iw_pass("test", 5000, 10000, 1530.0)
     line = caplog.records[-1].getMessage()
     assert "k=5000" in line and "10000 examples" in line and "26 min" in line and "iw_samples=" in line
+    from seqvae_cli.evaluation.evaluate import announce_pass
+    with caplog.at_level("WARNING", logger="seqvae"):
+        announce_pass("train", 42068, 125.0)
+    assert caplog.records[-1].getMessage() == "scoring the train split: 42068 examples, estimated 2 min on this machine"
 
 
 def test_metrics_table_is_one_format():

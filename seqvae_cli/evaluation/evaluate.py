@@ -47,6 +47,13 @@ def announce_iw_pass(split: str, k: int, examples: int, seconds: float) -> None:
                 "the test pass after training)", split, k, examples, _duration(seconds), quick, quick, quick)
 
 
+def announce_pass(split: str, examples: int, seconds: float) -> None:
+    """The line before any other long pass (e.g. the ELBO over a large training split)."""
+    if seconds >= ANNOUNCE_AFTER_S:
+        log.warning("scoring the %s split: %d examples, estimated %s on this machine", split, examples,
+                    _duration(seconds))
+
+
 def _duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h" if seconds >= 5400 else f"{seconds / 60:.0f} min" if seconds >= 90 \
         else f"{seconds:.0f} s"
@@ -159,7 +166,7 @@ def _evaluate(model, dm, split, iw_samples, limit, batch_size, rows_per_chunk, w
     total = batch_limit(limit, math.ceil(dm.num_examples(split) / (batch_size or dm.eval_batch_size)))
     if progress and me == 0:
         batches = tqdm(batches, total=total, desc=f"scoring {split}", leave=False, delay=IW_PROGRESS_AFTER_S)
-    estimate = None
+    estimate, announced = None, []
     if progress and me == 0 and iw_samples > 0:
         def estimate(seconds: float, samples: int, batch: Batch) -> None:
             """From the first chunk's time: the pass costs ~ samples x tokens (rows for fixed-length data)."""
@@ -168,11 +175,16 @@ def _evaluate(model, dm, split, iw_samples, limit, batch_size, rows_per_chunk, w
                 else dm.num_examples(split)
             rows = min(dm.num_examples(split), total * (batch_size or dm.eval_batch_size))
             scaled = everything * rows / dm.num_examples(split)
-            announce_iw_pass(split, iw_samples, rows, seconds * iw_samples / samples * scaled / done)
+            announced.append(announce_iw_pass(split, iw_samples, rows, seconds * iw_samples / samples * scaled / done))
     with eval_mode(model):
+        started, pending = time.perf_counter(), progress and me == 0
         for index, batch in enumerate(batches):
             if index % world != me:
                 continue
+            if pending and n > 0:   # one batch done: a long pass says so (an IW pass has said it already)
+                pending = False
+                if not announced:
+                    announce_pass(split, dm.num_examples(split), (time.perf_counter() - started) * total / world)
             if seed is not None:
                 torch.manual_seed(seed * 100_003 + index)
             n += batch["x"].shape[0]
