@@ -131,8 +131,8 @@ def reconstruction_caption(model) -> str:
     """Why the reconstructions' MSEs are what they are: the autoregressive decoder draws them as free runs."""
     if getattr(model, "series_decoder", "repeat") == "autoregressive":
         return ("Each reconstruction is the decoder's free run from the posterior mean: after z it sees none of the "
-                "input, so it keeps the input's frequency band and shape but drifts in phase, and a drift of half a "
-                "period doubles the error (MSE up to ~2 in normalised units, where predicting 0 scores 1). "
+                "input, so it keeps the input's frequency band and shape but drifts in phase; half a period of drift "
+                "doubles the error, so MSEs of 1-3 in normalised units (where predicting 0 scores 1) are normal here. "
                 "Forecasts observe their prefix and are the sharper test (forecasts.png).")
     return ("Each reconstruction is the decoder mean at the posterior mean (the repeat decoder reads only z). MSE in "
             "normalised units: predicting 0 everywhere scores 1.")
