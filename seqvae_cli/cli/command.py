@@ -46,9 +46,9 @@ def check_overrides(verb: str, args: list[str]) -> None:
     adds a key nothing reads). Anything this check cannot judge (optuna ranges, other failures) is left to Hydra."""
     from hydra import compose, initialize_config_dir
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-    from seqvae_cli.config.runtime import CONF_DIR
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import ConfigCompositionException, HydraException, MissingConfigException
+    from seqvae_cli.config.runtime import CONF_DIR
 
     if any(a.split("=", 1)[0] in _CONFIG_FLAGS for a in args):
         return
@@ -196,7 +196,7 @@ def _main(args: list[str]) -> None:
             rest = rest + ["hydra.output_subdir=null", "hydra/job_logging=disabled"]
     if any(a.split("=", 1)[0] in ("--shell-completion", "-sc") for a in rest):
         # Hydra names the completed command after argv[0]: it must be a command that exists (`seqvae`, not
-        # `seqvae-train`); completion_script() below makes the completed line's verb reach this app.
+        # `seqvae-train`); completion_query() above takes the verb out of the line Hydra completes.
         sys.argv = ["seqvae"] + rest
     else:
         sys.argv = [f"seqvae {verb}"] + rest

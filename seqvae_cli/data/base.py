@@ -70,6 +70,7 @@ class DataModule:
     eval_batch_size: int
     eval_iw_samples: int
     iw_rows_per_chunk: int = 65536  # examples x importance samples scored at once in the IW pass
+    subsets: dict[str, int] = {}    # splits cut down by keep_examples: split -> how many examples it had
 
     def setup(self, device: torch.device, splits: tuple[str, ...] | None = None) -> None:
         """Load the data onto `device`. splits: None = every split (training); a tuple = only those, for a model
@@ -108,9 +109,6 @@ class DataModule:
         drawn = torch.randperm(total, generator=torch.Generator().manual_seed(seed))[:n]
         self.restrict(split, torch.sort(drawn).values)
         self.subsets = {**self.subsets, split: total}   # the instance's own dict, not the class default
-
-    # Splits cut down by keep_examples: split -> how many examples it had.
-    subsets: dict[str, int] = {}
 
     def restrict(self, split: str, rows: torch.Tensor) -> None:
         """Keep only these rows (a CPU index tensor) of `split`."""

@@ -9,6 +9,7 @@ describes the file and the rules for loading one.
 from __future__ import annotations
 
 import hashlib
+import inspect
 from pathlib import Path
 from typing import Any
 
@@ -158,7 +159,7 @@ def build(cfg: DictConfig, device: torch.device, data_state: dict | None = None,
     dm: DataModule = build_part(cfg.data, "data", source)
     if data_state:
         dm.load_state_dict(data_state)
-    if splits is None:
+    if splits is None or "splits" not in inspect.signature(dm.setup).parameters:   # a module that loads everything
         dm.setup(device)
     else:
         dm.setup(device, splits=splits)
