@@ -18,13 +18,15 @@ def collapse_warning(metrics: dict, cfg: DictConfig, latent_dim: int, split: str
     if kl >= MIN_KL_NATS and active >= min(MIN_ACTIVE_UNITS, latent_dim):
         return None
     get = lambda key, default: OmegaConf.select(cfg, key, default=default)
-    cures = []
-    if get("objective.kl_anneal.schedule", "constant") == "constant":
-        cures.append("objective.kl_anneal.schedule=cyclical")
+    annealed = get("objective.kl_anneal.schedule", "constant") != "constant"
     per_dim = float(get("objective.free_bits.per_dim", 0.0) or 0.0)
+    cures = [] if annealed else ["objective.kl_anneal.schedule=cyclical"]
     if (get("objective.iw_samples", 1) or 1) <= 1:
         cures.append(f"objective.free_bits.per_dim={max(0.05, 2 * per_dim):g}")
-    recipe = f" (or the recipe of model={cfg.model.name} data={cfg.data.name}, when it has one: drop recipe=none)"
-    remedy = " ".join(cures) if cures else "a larger objective.free_bits.per_dim, or model.word_dropout=0.25 for text"
+    remedy = "train again with " + " ".join(cures) if cures else "train again with model.word_dropout=0.25 (text)"
+    if annealed or per_dim > 0:   # the cures are on: early in training z is often unused yet
+        remedy = f"train longer (trainer.max_epochs: the measured PTB recipes had 32 active units after 20 epochs), or {remedy}"
+    else:
+        remedy += f" (conf/recipe/{cfg.data.name}_{cfg.model.name}.yaml, where it exists, does: drop recipe=none)"
     return (f"the latent collapsed: {split} KL {kl:.4f} nats, {active} of {latent_dim} active units (the decoder "
-            f"ignores z, so reconstructions do not follow their input); train again with {remedy}{recipe}")
+            f"ignores z, so reconstructions do not follow their input); {remedy}")
