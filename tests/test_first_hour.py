@@ -360,3 +360,11 @@ def test_sample_command_without_the_data_draws_the_prior_and_says_why(smoke_run,
     assert sorted(p.name for p in (run / "samples").iterdir()) == ["prior_samples.png"]
     assert "drawing only what the checkpoint alone gives" in proc.stdout + proc.stderr
     assert not list(empty.iterdir())          # nothing downloaded into it
+
+
+def test_the_text_models_name_their_unk_for_the_rules():
+    """The rules find <unk> through the model: a model without unk_id would let it through silently."""
+    from seqvae_cli.models.lstm_lm import LSTMLM
+    from seqvae_cli.models.sentence_vae import LSTMVAE
+    assert LSTMVAE(12, unk_id=1, embed_dim=4, hidden_size=4, latent_dim=2).unk_id == 1
+    assert LSTMLM(12, unk_id=1, embed_dim=4, hidden_size=4).unk_id == 1
