@@ -183,7 +183,6 @@ def _earlier_results(out: Path) -> dict:
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="sample")
 def sample_app(cfg: DictConfig) -> None:
     from seqvae_cli import visuals
-    from seqvae_cli.training.checkpoint import load_run
     try:
         validate(cfg)
         device = setup_device(cfg.device)

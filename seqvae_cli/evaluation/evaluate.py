@@ -166,7 +166,8 @@ def _evaluate(model, dm, split, iw_samples, limit, batch_size, rows_per_chunk, w
     total = batch_limit(limit, math.ceil(dm.num_examples(split) / (batch_size or dm.eval_batch_size)))
     if progress and me == 0:
         batches = tqdm(batches, total=total, desc=f"scoring {split}", leave=False, delay=IW_PROGRESS_AFTER_S)
-    estimate, announced = None, []
+    estimate: Callable[[float, int, Batch], None] | None = None
+    announced: list = []
     if progress and me == 0 and iw_samples > 0:
         def estimate(seconds: float, samples: int, batch: Batch) -> None:
             """From the first chunk's time: the pass costs ~ samples x tokens (rows for fixed-length data)."""
