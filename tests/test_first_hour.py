@@ -368,3 +368,18 @@ def test_the_text_models_name_their_unk_for_the_rules():
     from seqvae_cli.models.sentence_vae import LSTMVAE
     assert LSTMVAE(12, unk_id=1, embed_dim=4, hidden_size=4, latent_dim=2).unk_id == 1
     assert LSTMLM(12, unk_id=1, embed_dim=4, hidden_size=4).unk_id == 1
+
+
+def test_evaluate_announces_its_estimate_before_the_bulk_of_the_pass(monkeypatch, caplog):
+    """The estimate comes from the first chunk of IW samples (the test pass and `seqvae eval` pass progress=True)."""
+    from seqvae_cli.data.series.sines import SinesData
+    from seqvae_cli.evaluation import evaluate as ev
+    from seqvae_cli.models.series_vae import SeriesLSTMVAE
+    dm = SinesData(num_series={"train": 4, "val": 4, "test": 40}, seq_len=10, channels=1, eval_batch_size=10)
+    dm.setup(torch.device("cpu"))
+    model = SeriesLSTMVAE(num_channels=1, seq_len=10, embed_dim=4, hidden_size=4, latent_dim=2).eval()
+    monkeypatch.setattr(ev, "ANNOUNCE_AFTER_S", 0.0)
+    with caplog.at_level("WARNING", logger="seqvae"):
+        ev.evaluate(model, dm, "test", iw_samples=7, rows_per_chunk=20, progress=True, seed=0)
+    said = [r.getMessage() for r in caplog.records if "scoring the test split" in r.getMessage()]
+    assert len(said) == 1 and "k=7 importance samples over 40 examples" in said[0], said

@@ -166,17 +166,16 @@ def _evaluate(model, dm, split, iw_samples, limit, batch_size, rows_per_chunk, w
     total = batch_limit(limit, math.ceil(dm.num_examples(split) / (batch_size or dm.eval_batch_size)))
     if progress and me == 0:
         batches = tqdm(batches, total=total, desc=f"scoring {split}", leave=False, delay=IW_PROGRESS_AFTER_S)
-    estimate: Callable[[float, int, Batch], None] | None = None
     announced: list = []
-    if progress and me == 0 and iw_samples > 0:
-        def estimate(seconds: float, samples: int, batch: Batch) -> None:
-            """From the first chunk's time: the pass costs ~ samples x tokens (rows for fixed-length data)."""
-            done = int(batch["lengths"].sum()) if "lengths" in batch else batch["x"].shape[0]
-            everything = dm.num_tokens(split) if "lengths" in batch and hasattr(dm, "num_tokens") \
-                else dm.num_examples(split)
-            rows = min(dm.num_examples(split), total * (batch_size or dm.eval_batch_size))
-            scaled = everything * rows / dm.num_examples(split)
-            announced.append(announce_iw_pass(split, iw_samples, rows, seconds * iw_samples / samples * scaled / done))
+
+    def estimate(seconds: float, samples: int, batch: Batch) -> None:
+        """From the first IW chunk's time: the pass costs ~ samples x tokens (rows for fixed-length data)."""
+        done = int(batch["lengths"].sum()) if "lengths" in batch else batch["x"].shape[0]
+        everything = dm.num_tokens(split) if "lengths" in batch and hasattr(dm, "num_tokens") \
+            else dm.num_examples(split)
+        rows = min(dm.num_examples(split), total * (batch_size or dm.eval_batch_size))
+        scaled = everything * rows / dm.num_examples(split)
+        announced.append(announce_iw_pass(split, iw_samples, rows, seconds * iw_samples / samples * scaled / done))
     with eval_mode(model):
         started, pending = time.perf_counter(), progress and me == 0
         for index, batch in enumerate(batches):
@@ -205,7 +204,7 @@ def _evaluate(model, dm, split, iw_samples, limit, batch_size, rows_per_chunk, w
                 kl_dims.append(kl.sum(0))
                 mus.append(mu), logvars.append(logvar)
                 if iw_samples > 0:
-                    first = (lambda t, k, batch=batch: estimate(t, k, batch)) if estimate and index == 0 else None
+                    first = (lambda t, k, batch=batch: estimate(t, k, batch)) if pending and index == 0 else None
                     iw_ll = iw_log_likelihood(model, batch, iw_samples, rows_per_chunk, mu, logvar, iw_bf16,
                                               progress=progress and me == 0, first_chunk=first)
                     sums["iw_ll"] += float(iw_ll.sum())
