@@ -333,6 +333,11 @@ def test_a_collapsed_latent_is_said_with_its_remedy():
 def test_the_headline_commands_train_their_recipe():
     """Issue 20: `model=lstm_vae data=ptb` trained a constant KL weight without free bits, and collapsed. It trains
     the measured recipe now; recipe=none is the plain VAE; the presets compose exactly as before (they opt out)."""
+    from seqvae_cli.cli.command import check_optional_groups
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    with pytest.raises(Exception, match="recipe=nnoe: no such option in config group 'recipe'; choose one of"):
+        check_optional_groups(OverridesParser.create().parse_overrides(["recipe=nnoe"]), CONF_DIR)
+    check_optional_groups(OverridesParser.create().parse_overrides(["recipe=none", "data=ptb"]), CONF_DIR)
     cfg = compose_train_config("model=lstm_vae", "data=ptb")
     assert cfg.objective.kl_anneal.schedule == "cyclical" and cfg.objective.free_bits.per_dim == 0.05
     assert cfg.model.tie_weights and cfg.model.embed_dropout == 0.4 and cfg.model.weight_drop == 0.25

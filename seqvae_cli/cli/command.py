@@ -66,6 +66,7 @@ def check_overrides(verb: str, args: list[str]) -> None:
         jobs = BasicSweeper.split_arguments(discrete, None)[0] if discrete else [[]]
     except HydraException:
         return   # a syntax error: Hydra reports it with its position
+    check_optional_groups(parsed, Path(CONF_DIR))
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         for job in jobs[:_MAX_JOBS_CHECKED]:
             try:
@@ -91,6 +92,24 @@ def check_overrides(verb: str, args: list[str]) -> None:
                 raise SeqvaeError(f"{key}: no such key{' ' + where if known else ''}"
                                   f"{'; its keys are ' + known if known else ''} (check the spelling; "
                                   f"`seqvae {verb} --cfg job` prints the whole config)") from None
+
+
+# Groups that train.yaml lists as optional: Hydra skips an option of theirs that does not exist, so a typo there
+# (recipe=nnoe) would silently train something else.
+OPTIONAL_GROUPS = ("recipe",)
+
+
+def check_optional_groups(parsed: list, conf: Path) -> None:
+    for override in parsed:
+        group = override.key_or_group.lstrip("+~")
+        if group not in OPTIONAL_GROUPS or override.is_delete():
+            continue
+        values = override.sweep_string_iterator() if override.is_sweep_override() else [override.value()]
+        options = sorted(p.stem for p in (conf / group).glob("*.yaml"))
+        for value in values:
+            if value is not None and str(value) not in options:
+                raise SeqvaeError(f"{group}={value}: no such option in config group '{group}'; choose one of "
+                                  f"{', '.join(options)}")
 
 
 def claim_run_folder(args: list[str]) -> Path | None:
