@@ -92,9 +92,9 @@ def test_tensorboard_scalars(events):
 
 def test_tensorboard_images_and_histograms(events):
     tags = events.Tags()
-    assert {"images/reconstructions", "images/prior_samples"} <= set(tags["images"])
+    assert {"visuals/reconstructions", "visuals/prior_samples"} <= set(tags["images"])
     assert {"val/posterior_mean", "val/kl_per_dim"} <= set(tags["histograms"])
-    image = events.Images("images/prior_samples")[-1]
+    image = events.Images("visuals/prior_samples")[-1]
     assert image.width > 28 and image.height > 28
 
 
@@ -105,10 +105,24 @@ def test_tensorboard_hparams(events):
     hparams = {h.name for h in experiment.hparam_infos}
     metrics = {m.name.tag for m in experiment.metric_infos}
     assert {"model.latent_dim", "optim.lr", "objective.beta"} <= hparams
-    assert "hparam/best_val_neg_elbo" in metrics
+    assert "z_hparams/best_val_neg_elbo" in metrics
     start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"])
     assert start.session_start_info.hparams["model.latent_dim"].number_value == 20
-    assert "hparam/best_val_neg_elbo" in events.Tags()["scalars"]
+    assert "z_hparams/best_val_neg_elbo" in events.Tags()["scalars"]
+
+
+def test_tensorboard_opens_on_the_curves(events, smoke_run):
+    """Issue 20: TensorBoard's Time Series tab sorts cards by tag prefix and opens the first two groups; they are the
+    train/ and val/ curves. The test metrics are a table (Text tab, and the log as `seqvae eval` prints it), not
+    single-point charts."""
+    tags = events.Tags()
+    every = [t for kind in ("scalars", "images", "histograms") for t in tags[kind]]
+    groups = sorted({t.split("/", 1)[0] for t in every})
+    assert groups[:2] == ["train", "val"], groups
+    assert not [t for t in tags["scalars"] if t.startswith("test/")]
+    assert "test" in tags["tensors"] or any(t.startswith("test") for t in tags["tensors"]), tags["tensors"]
+    log = (smoke_run.run_dir / "train.log").read_text()
+    assert "test (best checkpoint" in log and "metric" in log and "\nneg_elbo " in log
 
 
 # ------------------------------------------------------------------------------------------- eval
@@ -175,8 +189,13 @@ def test_a_relative_data_root_is_kept_absolute_for_eval(tmp_path, mnist_data_dir
 
 def test_sample(smoke_run, tmp_path):
     run = clone_run(smoke_run.run_dir, tmp_path / "run")
+    (run / "samples").mkdir()
+    (run / "samples" / "prior_samples.png").write_bytes(b"an earlier call's")
     proc = run_seqvae(["sample", f"run_dir={run}"], cwd=tmp_path)
     assert proc.returncode == 0, describe(proc)
+    # Issue 20: a second call said nothing while it replaced the first one's files.
+    said = proc.stdout + proc.stderr
+    assert "are replaced; samples_dir=NAME" in said and "prior_samples.png" in said, describe(proc)
     check_pictures(run / "samples", SAMPLE_FILES)
     assert not (run / "samples" / "manifold.png").exists()    # only for a 2-d latent
     for name in SAMPLE_FILES:
@@ -186,7 +205,8 @@ def test_sample(smoke_run, tmp_path):
     # The same pictures go to the run's TensorBoard, under sample/*.
     acc = ea.EventAccumulator(str(run / "tb"), size_guidance={ea.IMAGES: 0})
     acc.Reload()
-    assert {f"sample/{Path(name).stem}" for name in SAMPLE_FILES} <= set(acc.Tags()["images"]), acc.Tags()["images"]
+    assert {f"visuals/sample/{Path(name).stem}" for name in SAMPLE_FILES} <= set(acc.Tags()["images"]), \
+        acc.Tags()["images"]
 
 
 # ------------------------------------------------------------------------------------------- help

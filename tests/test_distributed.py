@@ -62,7 +62,7 @@ def test_torchrun_itself_gives_every_rank_one_run_folder(tmp_path, mnist_data_di
                            "-m", "seqvae_cli", "train", *AE, "trainer.test=false"],
                           cwd=tmp_path, env=seqvae_env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, describe(proc)
-    runs = [p for p in (tmp_path / "outputs").glob("*/*") if p.is_dir()]
+    runs = [p for p in (tmp_path / "outputs" / "mlp_vae-mnist").glob("*/*") if p.is_dir()]
     assert len(runs) == 1, runs
     assert (runs[0] / "metrics.json").is_file() and (runs[0] / ".hydra" / "config.yaml").is_file()
 

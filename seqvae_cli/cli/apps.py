@@ -47,15 +47,32 @@ EVAL_RULES = {
 }
 
 
+# sample_app's own key: the folder inside the run that this call writes into.
+SAMPLE_RULES = {
+    "samples_dir": (lambda v: isinstance(v, str) and v not in ("", ".") and not Path(v).is_absolute()
+                    and ".." not in Path(v).parts, "a folder name inside the run, e.g. samples_dir=samples_2"),
+}
+
+
 def _fail(exc: SeqvaeError, minimising: bool = True) -> float:
     """One error line; in a sweep, score the job as the worst value (+inf when minimising) so the other jobs
     (and Optuna) carry on. A stop asked for by a signal (exit_code 130/143) ends the sweep too."""
     exit_code = getattr(exc, "exit_code", 2)
+    if HydraConfig.initialized():
+        _discard_unused_folder(str(HydraConfig.get().job.name))
     if exit_code == 2 and HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
         log.error("seqvae: error: %s", exc)
         return math.inf if minimising else -math.inf
     print(f"seqvae: error: {exc}", file=sys.stderr)
     sys.exit(exit_code)
+
+
+def _discard_unused_folder(task: str) -> None:
+    """After an error before any work (a config value, missing data): no empty outputs/... folder is left behind.
+    Single runs only: a failed sweep job keeps its folder, which `seqvae report` lists as failed."""
+    if not HydraConfig.initialized() or HydraConfig.get().mode == RunMode.MULTIRUN or distributed.rank() > 0:
+        return
+    runfolder.discard_unused(Path(HydraConfig.get().runtime.output_dir), task)
 
 
 def _overrides() -> list[str]:
@@ -128,18 +145,18 @@ def _output_folder(cfg: DictConfig) -> Path:
 def eval_app(cfg: DictConfig) -> dict | float:
     from seqvae_cli.training.checkpoint import load_run, resolve_checkpoint
     from seqvae_cli.evaluation.evaluate import evaluate
+    from seqvae_cli.evaluation.table import metrics_table
     try:
         validate(cfg, "eval")
         device = setup_device(cfg.device, bf16=is_bf16(cfg.iw_precision))
+        # Only the split it scores: the checkpoint carries the rest (a vocabulary, normalisation statistics).
         _, dm, model, state = load_run(cfg.run_dir, cfg.checkpoint, device, cfg.paths.data_dir,
-                                          _data_dir_is_default())
+                                       _data_dir_is_default(), splits=(str(cfg.split),))
         k = cfg.iw_samples or dm.eval_iw_samples
-        batch_size, limit = cfg.batch_size, None
-        if cfg.limit_examples:  # equal batches that add up to limit_examples (exactly, when it divides evenly)
-            limit = math.ceil(cfg.limit_examples / cfg.batch_size)
-            batch_size = math.ceil(cfg.limit_examples / limit)
+        if cfg.limit_examples:  # exactly that many, drawn across the split (its batches may be sorted by length)
+            dm.keep_examples(cfg.split, cfg.limit_examples, cfg.seed)
         out_dir, started = _output_folder(cfg), time.time()
-        metrics = evaluate(model, dm, cfg.split, iw_samples=k, limit=limit, batch_size=batch_size,
+        metrics = evaluate(model, dm, cfg.split, iw_samples=k, batch_size=cfg.batch_size,
                            rows_per_chunk=cfg.iw_rows_per_chunk, progress=True, seed=cfg.seed,
                            iw_bf16=is_bf16(cfg.iw_precision),
                            # time series: the anomaly score, and where its CSV files go
@@ -149,10 +166,7 @@ def eval_app(cfg: DictConfig) -> dict | float:
                        checkpoint_epoch=state["epoch"])
         if "iw_nll" in metrics:
             metrics["iw_precision"] = str(cfg.iw_precision)
-        width = max(map(len, metrics))   # the table first: it is on the screen even if the disk refuses eval.json
-        print(f"{'metric':<{width}}  value")
-        for key, value in metrics.items():
-            print(f"{key:<{width}}  {value:.4f}" if isinstance(value, float) else f"{key:<{width}}  {value}")
+        print(metrics_table(metrics))   # the table first: it is on the screen even if the disk refuses eval.json
         out = out_dir / "eval.json"
         results = _earlier_results(out)
         results[cfg.split] = metrics
@@ -198,24 +212,59 @@ def _earlier_results(out: Path) -> dict:
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="sample")
 def sample_app(cfg: DictConfig) -> None:
     from seqvae_cli import visuals
-    from seqvae_cli.training.checkpoint import load_run
     try:
         validate(cfg, "sample")
         device = setup_device(cfg.device)
-        _, dm, model, state = load_run(cfg.run_dir, cfg.checkpoint, device, cfg.paths.data_dir,
-                                          _data_dir_is_default())
+        _, dm, model, state = _load_for_sampling(cfg, device)
         if model.latent_dim == 0 and dm.kind != "text":
             raise SeqvaeError("this run's model has no latent variable: there is nothing to sample from a prior")
         run_dir = _output_folder(cfg)
+        out = _samples_folder(run_dir, cfg.samples_dir)
         torch.manual_seed(cfg.seed)
         writer = LazyWriter(str(run_dir / "tb"))
-        written = visuals.sample(model, dm, cfg, run_dir / "samples", writer, state["step"])
+        written = visuals.sample(model, dm, cfg, out, writer, state["step"])
         writer.close()
     except SeqvaeError as exc:
         _fail(exc)
         return
     for path in written:
         print(f"written: {path}")
+
+
+def _load_for_sampling(cfg: DictConfig, device: torch.device) -> tuple:
+    """The run, with its `split` when the data is there: without it (a checkpoint shared on its own, data not yet
+    downloaded), what needs only the checkpoint is drawn (prior samples; your sentences, for text) and a warning
+    says what the rest needs. Sentences of your own need no split at all (one alone: no homotopy)."""
+    from seqvae_cli.training.checkpoint import load_run
+    from seqvae_cli.visuals.text import given_sentences
+    args = (cfg.run_dir, cfg.checkpoint, device, cfg.paths.data_dir, _data_dir_is_default())
+    if given_sentences(cfg):
+        return load_run(*args, splits=())
+    try:
+        return load_run(*args, splits=(str(cfg.split),))
+    except SeqvaeError as missing:
+        try:
+            found = load_run(*args, splits=())
+        except SeqvaeError:
+            raise missing from None
+        if found[1].has_split(str(cfg.split)):   # the failure was not about the data
+            raise missing from None
+        log.warning("drawing only what the checkpoint alone gives (prior samples%s): the figures of the %s split "
+                    "need its data, which failed to load: %s", ", your sentences" if given_sentences(cfg) else "",
+                    cfg.split, missing)
+        return found
+
+
+def _samples_folder(run_dir: Path, name: str) -> Path:
+    """RUN/NAME, where this call's files go; a folder that holds files already is said to be replaced, with the
+    setting that keeps both (nothing is overwritten silently)."""
+    out = run_dir / name
+    earlier = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    if earlier:
+        shown = ", ".join(earlier[:4]) + (f" and {len(earlier) - 4} more" if len(earlier) > 4 else "")
+        log.warning("%s already holds %d files (%s): the ones this call draws again are replaced; samples_dir=NAME "
+                    "writes RUN/NAME instead and keeps them", out, len(earlier), shown)
+    return out
 
 
 class LazyWriter:

@@ -2,19 +2,16 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 
-
-from seqvae_cli.training import distributed, runfolder
-from seqvae_cli.cli.apps import eval_app, sample_app, train_app
-from seqvae_cli.config.runtime import CONF_DIR, register_resolvers
 from seqvae_cli.errors import SeqvaeError
 
+# torch, Hydra and the apps are imported inside the functions that need them: `seqvae --help` and a mistyped verb
+# answer at once (importing torch takes seconds) rather than after the whole library has loaded.
+
 log = logging.getLogger("seqvae")
-
-
-register_resolvers()
 
 
 USAGE = """usage: seqvae VERB [hydra overrides]
@@ -32,7 +29,7 @@ verbs:
 `seqvae VERB --help` lists that verb's config groups and options; `seqvae VERB --cfg job` prints the config."""
 
 
-APPS = {"train": train_app, "eval": eval_app, "sample": sample_app}
+VERBS = ("train", "eval", "sample")
 
 
 # Flags that change which config Hydra composes, or print help instead: the pre-check below stands aside.
@@ -51,6 +48,7 @@ def check_overrides(verb: str, args: list[str]) -> None:
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import ConfigCompositionException, HydraException, MissingConfigException
+    from seqvae_cli.config.runtime import CONF_DIR
 
     if any(a.split("=", 1)[0] in _CONFIG_FLAGS for a in args):
         return
@@ -68,6 +66,7 @@ def check_overrides(verb: str, args: list[str]) -> None:
         jobs = BasicSweeper.split_arguments(discrete, None)[0] if discrete else [[]]
     except HydraException:
         return   # a syntax error: Hydra reports it with its position
+    check_optional_groups(parsed, Path(CONF_DIR))
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         for job in jobs[:_MAX_JOBS_CHECKED]:
             try:
@@ -95,6 +94,24 @@ def check_overrides(verb: str, args: list[str]) -> None:
                                   f"`seqvae {verb} --cfg job` prints the whole config)") from None
 
 
+# Groups that train.yaml lists as optional: Hydra skips an option of theirs that does not exist, so a typo there
+# (recipe=nnoe) would silently train something else.
+OPTIONAL_GROUPS = ("recipe",)
+
+
+def check_optional_groups(parsed: list, conf: Path) -> None:
+    for override in parsed:
+        group = override.key_or_group.lstrip("+~")
+        if group not in OPTIONAL_GROUPS or override.is_delete():
+            continue
+        values = override.sweep_string_iterator() if override.is_sweep_override() else [override.value()]
+        options = sorted(p.stem for p in (conf / group).glob("*.yaml"))
+        for value in values:
+            if value is not None and str(value) not in options:
+                raise SeqvaeError(f"{group}={value}: no such option in config group '{group}'; choose one of "
+                                  f"{', '.join(options)}")
+
+
 def claim_run_folder(args: list[str]) -> Path | None:
     """`seqvae train`, before Hydra writes into the run folder (.hydra/, train.log): refuse a folder that cannot be
     written, that another training holds, or that holds another run without trainer.resume or trainer.overwrite,
@@ -102,6 +119,7 @@ def claim_run_folder(args: list[str]) -> Path | None:
     plainly (a sweep, the default outputs/DATE/TIME, an interpolation): train_app checks those after Hydra."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
+    from seqvae_cli.training import runfolder
 
     multirun = any(a in ("-m", "--multirun") for a in args)
     if any(a.startswith("-") and a not in ("-m", "--multirun") for a in args):
@@ -132,19 +150,57 @@ def claim_run_folder(args: list[str]) -> Path | None:
     return target
 
 
+def completion_query(args: list[str]) -> list[str]:
+    """Hydra's installed completion calls `seqvae -sc query=SHELL` with the line being typed in $COMP_LINE: complete
+    the verb itself, else hand the query to that verb's app with the verb taken out of the line (Hydra's parser
+    expects `APP overrides...`). Returns the arguments to run, or [] when this answered already."""
+    line = os.environ.get("COMP_LINE", "")
+    words = line.split()
+    typing_verb = len(words) < 2 or (len(words) == 2 and not line.endswith(" "))
+    if typing_verb:
+        prefix = words[1] if len(words) == 2 else ""
+        print(" ".join(v for v in (*VERBS, "report") if v.startswith(prefix)))
+        return []
+    if words[1] not in VERBS:
+        return []
+    os.environ["COMP_LINE"] = line.replace(f" {words[1]}", "", 1)
+    if os.environ.get("COMP_POINT", "").isdigit():
+        os.environ["COMP_POINT"] = str(max(0, int(os.environ["COMP_POINT"]) - len(words[1]) - 1))
+    return [words[1], *args]
+
+
 def main() -> None:
-    args = sys.argv[1:]
+    try:
+        try:
+            _main(sys.argv[1:])
+        finally:   # output to a pipe is buffered: write it here, where a closed pipe can still be caught
+            sys.stdout.flush()
+    except BrokenPipeError:
+        # `seqvae ... | head`: the reader left. Point stdout at /dev/null so Python's exit flush does not raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(141)   # 128 + SIGPIPE, what a shell reports for a command cut off by its pipe
+
+
+def _main(args: list[str]) -> None:
     if not args or args[0] in ("-h", "--help", "help"):
         print(USAGE)
         return
+    if args[0] in ("-sc", "--shell-completion"):
+        args = completion_query(args)
+        if not args:
+            return
     verb, rest = args[0], args[1:]
     if verb == "report":
         from seqvae_cli.cli.report import main as report_main
         sys.exit(report_main(rest))
-    if verb not in APPS:
+    if verb not in VERBS:
         print(f"seqvae: error: unknown verb {verb!r}; expected one of train, eval, sample, report "
               f"(seqvae --help lists them)", file=sys.stderr)
         sys.exit(2)
+    from seqvae_cli.cli.apps import eval_app, sample_app, train_app
+    from seqvae_cli.config.runtime import register_resolvers
+    from seqvae_cli.training import distributed, runfolder
+    register_resolvers()
     claimed = None
     try:
         # The user's plugin parts ($SEQVAE_PARTS, entry points): a module that fails to import stops the command
@@ -161,9 +217,14 @@ def main() -> None:
         distributed.init_from_torchrun()
         if distributed.rank() > 0:  # rank 0 alone writes the run folder's .hydra/ and train.log
             rest = rest + ["hydra.output_subdir=null", "hydra/job_logging=disabled"]
-    sys.argv = [f"seqvae-{verb}"] + rest
+    if any(a.split("=", 1)[0] in ("--shell-completion", "-sc") for a in rest):
+        # Hydra names the completed command after argv[0]: it must be a command that exists (`seqvae`, not
+        # `seqvae-train`); completion_query() above takes the verb out of the line Hydra completes.
+        sys.argv = ["seqvae"] + rest
+    else:
+        sys.argv = [f"seqvae {verb}"] + rest
     try:
-        APPS[verb]()
+        {"train": train_app, "eval": eval_app, "sample": sample_app}[verb]()
     except KeyboardInterrupt:   # outside the training loop, which stops on Ctrl-C with its own line
         print(f"seqvae: error: {verb} stopped by Ctrl-C (SIGINT) before it finished", file=sys.stderr)
         sys.exit(130)

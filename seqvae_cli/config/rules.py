@@ -173,6 +173,7 @@ CONSUMERS: dict[str, tuple[str, ...]] = {
              "seqvae_cli.evaluation.series:RULES"),              # score
     "sample": ("seqvae_cli.config.runtime:RULES",
                "seqvae_cli.cli.apps:RUN_RULES",
+               "seqvae_cli.cli.apps:SAMPLE_RULES",               # samples_dir
                "seqvae_cli.visuals:RULES",                       # what every kind draws
                "seqvae_cli.visuals.images:RULES",
                "seqvae_cli.visuals.text:RULES",

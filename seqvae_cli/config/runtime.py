@@ -27,14 +27,22 @@ def conf_dir() -> Path:
 CONF_DIR = str(conf_dir())
 
 
-def _run_dir(task_name: str, run_dir: str | None, checkpoint: str | None) -> str:
-    """Hydra's run directory: train -> run_dir or outputs/DATE/TIME; eval/sample -> RUN/logs/TASK_DATE_TIME when
-    the run's folder is a seqvae run that can be written, else outputs/TASK/DATE/TIME."""
+def run_name(experiment: str | None, model: str | None, data: str | None) -> str:
+    """What a run is, for its folder and TensorBoard: the experiment preset, else MODEL-DATA (mlp_vae-mnist)."""
+    if experiment:
+        return str(experiment).replace("/", "-")
+    return "-".join(str(part) for part in (model, data) if part) or "run"
+
+
+def _run_dir(task_name: str, run_dir: str | None, checkpoint: str | None, experiment: str | None = None,
+             model: str | None = None, data: str | None = None) -> str:
+    """Hydra's run directory: train -> run_dir or outputs/NAME/DATE/TIME (NAME: run_name); eval/sample ->
+    RUN/logs/TASK_DATE_TIME when the run's folder is a seqvae run that can be written, else outputs/TASK/DATE/TIME."""
     now = datetime.datetime.now()
     if task_name == "train":
         # Under torchrun every rank names the folder by rank 0's clock (distributed.init_from_torchrun).
         stamp = os.environ.get(RUN_STAMP_ENV) or f"{now:%Y-%m-%d}/{now:%H-%M-%S}"
-        return str(run_dir) if run_dir else f"outputs/{stamp}"
+        return str(run_dir) if run_dir else f"outputs/{run_name(experiment, model, data)}/{stamp}"
     base = run_dir
     if not base and checkpoint and str(checkpoint).endswith(".pt"):
         ckpt = Path(str(checkpoint))

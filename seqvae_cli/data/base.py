@@ -35,6 +35,25 @@ def read_text_file(path: Path, what: str, setting: str, encoding: str = "utf-8")
                           f"permissions") from None
 
 
+def failure_cause(exc: BaseException) -> str:
+    """One line saying why a download failed. torchvision's message is a list ("Error downloading X:" / "Tried URL,
+    got:" / the error) whose first line names no cause: take the last line that does."""
+    lines = [ln.strip().strip("<>") for ln in str(exc).splitlines() if ln.strip()]
+    causes = [ln for ln in lines if not ln.endswith(":") and not ln.startswith("Tried ")]
+    cause = causes[-1] if causes else (str(exc.__cause__ or exc.__context__ or "").strip() or "no reason given")
+    return f"{type(exc).__name__}: {cause[:200]}"
+
+
+def remove_empty_folders(created: list[Path]) -> None:
+    """Remove the folders (deepest first) that an attempt created and left empty, e.g. data/MNIST/raw after a
+    failed download, so that nothing looks like data that is not there."""
+    for folder in sorted(created, key=lambda p: len(p.parts), reverse=True):
+        try:
+            folder.rmdir()
+        except OSError:   # not empty, or gone: leave it
+            pass
+
+
 def batch_limit(limit: int | float | None, num_batches: int) -> int:
     """How many batches a `limit_*_batches` setting allows: None = all, int = count, float = fraction."""
     if limit is None:
@@ -52,6 +71,7 @@ class DataModule:
     eval_batch_size: int
     eval_iw_samples: int
     iw_rows_per_chunk: int = 65536  # examples x importance samples scored at once in the IW pass
+    subsets: dict[str, int] = {}    # splits cut down by keep_examples: split -> how many examples it had
 
     # The rules of the constructor's keys (data.<key>), which validate() applies to the config and the constructor
     # to its arguments (config/rules.check_arguments). Subclasses extend these with their own keys.
@@ -61,8 +81,15 @@ class DataModule:
         "eval_iw_samples": number(1, integer=True),
     }
 
-    def setup(self, device: torch.device) -> None:
+    def setup(self, device: torch.device, splits: tuple[str, ...] | None = None) -> None:
+        """Load the data onto `device`. splits: None = every split (training); a tuple = only those, for a model
+        rebuilt from its checkpoint (load_state_dict first), which carries what the others would give (a
+        vocabulary, normalisation statistics): `seqvae sample` needs none, `seqvae eval` the one it scores."""
         raise NotImplementedError
+
+    def has_split(self, split: str) -> bool:
+        """Whether `split` was loaded (setup with a tuple of splits loads only those)."""
+        return True
 
     def model_kwargs(self) -> dict:
         """Shapes the model needs from the data (input size, vocabulary size, ...)."""
@@ -81,6 +108,20 @@ class DataModule:
 
     def num_train_batches(self, limit: int | float | None = None) -> int:
         return batch_limit(limit, math.ceil(self.num_examples("train") / self.batch_size))
+
+    def keep_examples(self, split: str, n: int, seed: int) -> None:
+        """`seqvae eval limit_examples=n`: from here on `split` is n of its examples drawn uniformly with `seed` (kept
+        in storage order), so that the scores describe the split, whatever its batches are sorted by."""
+        total = self.num_examples(split)
+        if n >= total:
+            return
+        drawn = torch.randperm(total, generator=torch.Generator().manual_seed(seed))[:n]
+        self.restrict(split, torch.sort(drawn).values)
+        self.subsets = {**self.subsets, split: total}   # the instance's own dict, not the class default
+
+    def restrict(self, split: str, rows: torch.Tensor) -> None:
+        """Keep only these rows (a CPU index tensor) of `split`."""
+        raise NotImplementedError
 
     def state_dict(self) -> dict:
         """What must travel with a checkpoint so eval/sample rebuild the data identically (e.g. a vocabulary)."""

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from seqvae_cli.config.rules import BOOLEAN, check_arguments, number, one_of, seed_rule
-from seqvae_cli.data.base import DataModule, batch_limit, resolve_data_dir
+from seqvae_cli.data.base import DataModule, batch_limit, failure_cause, remove_empty_folders, resolve_data_dir
 from seqvae_cli.errors import SeqvaeError
 
 
@@ -45,25 +45,28 @@ def read_idx(path: Path) -> torch.Tensor:
     return torch.frombuffer(bytearray(raw[offset:]), dtype=torch.uint8).reshape(dims)
 
 
-def find_or_download_mnist(data_dir: str, download: bool) -> Path:
-    """Return the folder holding the four raw MNIST files, downloading them (torchvision) if absent."""
+def find_or_download_mnist(data_dir: str, download: bool, needed: tuple[str, ...] = tuple(MNIST_FILES)) -> Path:
+    """Return the folder holding the raw MNIST files `needed` (default: all four), downloading them (torchvision)
+    if absent."""
     root = resolve_data_dir(data_dir)
     raw = root / "MNIST" / "raw"
-    missing = [f for f in MNIST_FILES if not (raw / f).exists()]
+    missing = [f for f in needed if not (raw / f).exists()]
     if not missing:
         return raw
     reason = "download=false"
     if download:
+        created = [p for p in (root, root / "MNIST", raw) if not p.exists()]
         try:
             from torchvision.datasets import MNIST
             MNIST(str(root), train=True, download=True)   # md5-checked, with a progress bar
             MNIST(str(root), train=False, download=True)
-            missing = [f for f in MNIST_FILES if not (raw / f).exists()]
+            missing = [f for f in needed if not (raw / f).exists()]
             if not missing:
                 return raw
             reason = "the download finished but files are still missing"
         except Exception as exc:  # network down, read-only folder, ...
-            reason = f"download failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            reason = f"download failed: {failure_cause(exc)}"
+            remove_empty_folders(created)
     raise SeqvaeError(
         f"MNIST not found: expected {', '.join(missing)} in {raw} ({reason}). "
         f"Set paths.data_dir (or $SEQVAE_DATA_DIR) to the folder that holds MNIST/raw/, "
@@ -109,7 +112,7 @@ class MNISTData(DataModule):
 
     def __init__(self, data_dir: str, binarize: str = "dynamic", static_seed: int = 0,
                  num_val: int = 10000, batch_size: int = 128, eval_batch_size: int = 1000,
-                 eval_iw_samples: int = 5000, iw_rows_per_chunk: int = 65536, download: bool = True,
+                 eval_iw_samples: int = 100, iw_rows_per_chunk: int = 65536, download: bool = True,
                  name: str = "mnist") -> None:
         check_arguments("data", self.RULES, binarize=binarize, static_seed=static_seed, num_val=num_val,
                         batch_size=batch_size, eval_batch_size=eval_batch_size, eval_iw_samples=eval_iw_samples,
@@ -121,10 +124,26 @@ class MNISTData(DataModule):
         self.splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self._binary_train: torch.Tensor | None = None
 
-    def setup(self, device: torch.device) -> None:
-        raw = find_or_download_mnist(self.data_dir, self.download)
-        train_x, train_y = read_mnist_split(raw, "train-images-idx3-ubyte", "train-labels-idx1-ubyte")
-        test_x, test_y = read_mnist_split(raw, "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+    def setup(self, device: torch.device, splits: tuple[str, ...] | None = None) -> None:
+        self.device = device
+        wanted = ("train", "val", "test") if splits is None else tuple(splits)
+        if not wanted:
+            return    # a model from its checkpoint draws from its prior without images
+        # Static binarisation draws the test images' bits after the training images': it needs them all.
+        need_train = bool({"train", "val"} & set(wanted)) or self.binarize == "static"
+        files = (["train-images-idx3-ubyte", "train-labels-idx1-ubyte"] if need_train else []) + \
+            (["t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"] if "test" in wanted else [])
+        raw = find_or_download_mnist(self.data_dir, self.download, tuple(files))
+        if files[0].startswith("train"):
+            train_x, train_y = read_mnist_split(raw, "train-images-idx3-ubyte", "train-labels-idx1-ubyte")
+        else:   # the test split alone: stand-ins for the training images, never served, with as many validation
+            # images as the real ones, so the test images' fixed binarisation draws exactly the same bits
+            train_x, train_y = torch.zeros(self.num_val + 1, 784, dtype=torch.uint8), torch.zeros(self.num_val + 1,
+                                                                                                   dtype=torch.long)
+        if "test" in wanted:
+            test_x, test_y = read_mnist_split(raw, "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+        else:
+            test_x, test_y = torch.zeros(0, 784, dtype=torch.uint8), torch.zeros(0, dtype=torch.long)
         n_train = train_x.shape[0] - self.num_val
         if n_train < 1:   # else an empty training split fails far downstream (e.g. as "no VAE step is left")
             raise SeqvaeError(
@@ -143,8 +162,11 @@ class MNISTData(DataModule):
             # val/test are binarised once with a fixed seed (the usual protocol for reported NLLs).
             elif self.binarize == "dynamic" and split != "train":
                 x = torch.bernoulli(x, generator=gen)
-            self.splits[split] = (x.to(device), labels[split].to(device))
-        self.device = device
+            if split in wanted:
+                self.splits[split] = (x.to(device), labels[split].to(device))
+
+    def has_split(self, split: str) -> bool:
+        return split in self.splits
 
     def model_kwargs(self) -> dict:
         return {"input_dim": 784}
@@ -169,6 +191,12 @@ class MNISTData(DataModule):
             x = self.binary_train_images()
         for i in range(batch_limit(limit, math.ceil(x.shape[0] / bs))):
             yield {"x": x[i * bs:(i + 1) * bs], "y": y[i * bs:(i + 1) * bs]}
+
+    def restrict(self, split: str, rows: torch.Tensor) -> None:
+        if split == "train" and self.binarize == "dynamic":   # the same binarisation as the whole split's
+            self._binary_train = self.binary_train_images()[rows.to(self.device)]
+        x, y = self.splits[split]
+        self.splits[split] = (x[rows.to(x.device)], y[rows.to(y.device)])
 
     def binary_train_images(self) -> torch.Tensor:
         """Dynamically binarised training images are kept grey; scoring them (eval split=train) uses one fixed

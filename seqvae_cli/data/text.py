@@ -20,7 +20,8 @@ from typing import Iterator, Sequence
 import torch
 
 from seqvae_cli.config.rules import BOOLEAN, check_arguments, number, one_of, optional_positive_int, value_error
-from seqvae_cli.data.base import Batch, DataModule, batch_limit, read_text_file, resolve_data_dir
+from seqvae_cli.data.base import (Batch, DataModule, batch_limit, failure_cause, read_text_file, remove_empty_folders,
+                                  resolve_data_dir)
 from seqvae_cli.errors import SeqvaeError
 
 log = logging.getLogger("seqvae")
@@ -94,28 +95,30 @@ def build_vocabulary(sentences: Sequence[Sequence[str]], min_freq: int = 1, max_
     return list(SPECIALS) + words
 
 
-def find_or_download_ptb(folder: Path, download: bool) -> None:
-    """Make sure the three PTB files are in `folder`, downloading (md5-checked, with a progress bar) if asked."""
-    missing = [f for f in PTB_MD5 if not (folder / f).is_file()]
+def find_or_download_ptb(folder: Path, download: bool, needed: tuple[str, ...] = tuple(PTB_MD5)) -> None:
+    """Make sure the PTB files `needed` (default: all three) are in `folder`, downloading them (md5-checked, with a
+    progress bar) if asked."""
+    missing = [f for f in needed if not (folder / f).is_file()]
     if not missing:
         return
     reason = "data.download=false"
     if download:
+        created = [p for p in (folder.parent, folder) if not p.exists()]
         try:
             from torchvision.datasets.utils import download_url
             for name in missing:
                 log.info("downloading %s to %s", name, folder)
                 download_url(PTB_URL.format(name), str(folder), filename=name, md5=PTB_MD5[name])
-            missing = [f for f in PTB_MD5 if not (folder / f).is_file()]
+            missing = [f for f in needed if not (folder / f).is_file()]
             if not missing:
                 return
             reason = "the download finished but files are still missing"
         except Exception as exc:  # no network, read-only folder, checksum mismatch, ...
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            reason = f"download failed: {type(exc).__name__}: {first[:160]}"
+            reason = f"download failed: {failure_cause(exc)}"
             _remove_corrupt(folder, missing)
+            remove_empty_folders(created)
     raise SeqvaeError(
-        f"Penn Treebank not found: expected {', '.join(PTB_MD5)} in {folder} (missing {', '.join(missing)}; "
+        f"Penn Treebank not found: expected {', '.join(needed)} in {folder} (missing {', '.join(missing)}; "
         f"{reason}). Put Mikolov's PTB split there or set paths.data_dir (or $SEQVAE_DATA_DIR) to the folder "
         f"that holds ptb/, or try the offline demo that needs no download: seqvae train experiment=sines.")
 
@@ -170,7 +173,7 @@ class TextData(DataModule):
     def __init__(self, train_file: str, val_file: str, test_file: str, data_dir: str = ".",
                  relative_to: str = "data_dir", lowercase: bool = False, tokenizer: str = "whitespace",
                  min_freq: int = 1, max_size: int | None = None, max_train_len: int | None = None,
-                 batch_size: int = 32, eval_batch_size: int = 256, eval_iw_samples: int = 500,
+                 batch_size: int = 32, eval_batch_size: int = 256, eval_iw_samples: int = 100,
                  bucket_size: int = 100, iw_rows_per_chunk: int = 4096, download: bool = False,
                  name: str = "text") -> None:
         check_arguments("data", self.RULES, tokenizer=tokenizer, relative_to=relative_to, min_freq=min_freq,
@@ -213,20 +216,30 @@ class TextData(DataModule):
             return Path(remembered)
         return path
 
-    def setup(self, device: torch.device) -> None:
+    def setup(self, device: torch.device, splits: tuple[str, ...] | None = None) -> None:
         self.device = torch.device(device)
         self.paths = {split: self.resolve(split) for split in ("train", "val", "test")}
+        # The checkpoint's vocabulary stands in for the training file: only the splits asked for are read.
+        from_checkpoint = splits is not None and self.loaded_state is not None
+        wanted = tuple(splits) if from_checkpoint else ("train", "val", "test")
         if self.download:
-            folders = {p.parent for split, p in self.paths.items() if p.name in PTB_MD5 and not p.is_file()}
-            for folder in sorted(folders):
-                find_or_download_ptb(folder, self.download)
-        sentences = {split: read_sentences(path, self.tokenizer, self.lowercase) for split, path in self.paths.items()}
-        built = build_vocabulary(sentences["train"], self.min_freq, self.max_size)
-        if self.loaded_state is not None:
-            self._check_vocabulary(built)
-        self.itos = built
+            for folder in sorted({p.parent for p in self.paths.values()}):
+                names = tuple(p.name for s, p in self.paths.items() if s in wanted and p.parent == folder
+                              and p.name in PTB_MD5 and not p.is_file())
+                if names:
+                    find_or_download_ptb(folder, self.download, names)
+        sentences = {split: read_sentences(self.paths[split], self.tokenizer, self.lowercase) for split in wanted}
+        train = sentences.get("train")
+        if train is None and wanted and self.paths["train"].is_file():
+            # Scoring a split: the training file, when it is still there, tells whether the data moved under the run.
+            train = read_sentences(self.paths["train"], self.tokenizer, self.lowercase)
+        if train is not None:
+            built = build_vocabulary(train, self.min_freq, self.max_size)
+            if self.loaded_state is not None:
+                self._check_vocabulary(built)
+            self.itos = built
         self.stoi = {w: i for i, w in enumerate(self.itos)}
-        if self.max_train_len is not None:
+        if self.max_train_len is not None and "train" in sentences:
             kept = [s for s in sentences["train"] if len(s) <= self.max_train_len]
             dropped = len(sentences["train"]) - len(kept)
             if not kept:
@@ -242,8 +255,10 @@ class TextData(DataModule):
         # Per-sentence lengths on the CPU, to size batches without a device sync per batch.
         self._cpu_lengths = {split: lengths.cpu() for split, (_, lengths) in self.splits.items()}
         n_unk = {split: int((x == self.unk_id).sum()) for split, (x, _) in self.splits.items()}
-        log.info("%s: vocabulary %d (incl. 4 specials); sentences train %d, val %d, test %d; <unk> tokens %s",
-                 self.name, self.vocab_size, *(self.num_examples(s) for s in ("train", "val", "test")), n_unk)
+        counts = ", ".join(f"{s} {self.num_examples(s)}" for s in self.splits) or "none read (the checkpoint's "\
+                                                                                   "vocabulary)"
+        log.info("%s: vocabulary %d (incl. 4 specials); sentences %s; <unk> tokens %s", self.name, self.vocab_size,
+                 counts, n_unk)
 
     def _check_vocabulary(self, built: list[str]) -> None:
         stored = list(self.loaded_state["itos"])
@@ -270,6 +285,9 @@ class TextData(DataModule):
 
     def num_examples(self, split: str) -> int:
         return self.splits[split][0].shape[0]
+
+    def has_split(self, split: str) -> bool:
+        return split in self.splits
 
     def num_tokens(self, split: str) -> int:
         """Tokens of a split counted as perplexity counts them: words plus one <eos> per sentence."""
@@ -310,6 +328,12 @@ class TextData(DataModule):
         batch_order = torch.randperm(len(chunks), generator=torch.Generator().manual_seed(0)).tolist()
         for i in batch_order[:batch_limit(limit, len(chunks))]:
             yield self._gather(split, chunks[i])
+
+    def restrict(self, split: str, rows: torch.Tensor) -> None:
+        x, lengths = self.splits[split]
+        t = int(self._cpu_lengths[split][rows].max())
+        self.splits[split] = (x[rows.to(x.device), :t], lengths[rows.to(lengths.device)])
+        self._cpu_lengths[split] = self._cpu_lengths[split][rows]
 
     def state_dict(self) -> dict:
         return {"itos": list(self.itos), "tokenizer": self.tokenizer, "lowercase": self.lowercase,

@@ -2,9 +2,12 @@
 anomaly metrics), in one pass of the model over the split. The result is an Evaluation."""
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass, field
+import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 from tqdm import tqdm
@@ -33,26 +36,57 @@ class Evaluation:
     columns: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
+log = logging.getLogger("seqvae")
+
 # The IW pass keeps one log-sum-exp per chunk of samples; past this many they are folded into one, so the memory
 # stays bounded for any k (1e8 samples made 760k chunks: 1.5 GB per MNIST batch). Below it, nothing changes.
 MAX_PENDING_CHUNKS = 1024
 
 
-# An IW pass over one batch that runs longer than this many seconds shows its own progress bar (with progress=True).
+# An IW pass over one batch that runs longer than this many seconds shows its own progress bar (with progress=True),
+# and so does the pass over the batches.
 IW_PROGRESS_AFTER_S = 2.0
+
+
+# An IW-NLL pass estimated to take longer than this says what it computes and how long it will take, and how to
+# make it quicker.
+ANNOUNCE_AFTER_S = 60.0
+
+
+def announce_iw_pass(split: str, k: int, examples: int, seconds: float) -> None:
+    """The line before a long IW-NLL pass: what, how long, and the quick setting."""
+    if seconds < ANNOUNCE_AFTER_S:
+        return
+    quick = max(1, int(k * ANNOUNCE_AFTER_S / 2 / seconds))
+    log.warning("scoring the %s split: IW-NLL with k=%d importance samples over %d examples, estimated %s on this "
+                "machine (k=%d would take ~30 s: iw_samples=%d for `seqvae eval`, trainer.test_iw_samples=%d for "
+                "the test pass after training)", split, k, examples, _duration(seconds), quick, quick, quick)
+
+
+def announce_pass(split: str, examples: int, seconds: float) -> None:
+    """The line before any other long pass (e.g. the ELBO over a large training split)."""
+    if seconds >= ANNOUNCE_AFTER_S:
+        log.warning("scoring the %s split: %d examples, estimated %s on this machine", split, examples,
+                    _duration(seconds))
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds / 3600:.1f} h" if seconds >= 5400 else f"{seconds / 60:.0f} min" if seconds >= 90 \
+        else f"{seconds:.0f} s"
 
 
 @torch.no_grad()
 def iw_log_likelihood(model: LatentModel, batch: Batch, num_samples: int, rows_per_chunk: int = 65536,
-                      posterior: Posterior | None = None, bf16: bool = False, progress: bool = False
-                      ) -> torch.Tensor:
+                      posterior: Posterior | None = None, bf16: bool = False, progress: bool = False,
+                      first_chunk: Callable[[float, int], None] | None = None) -> torch.Tensor:
     """log p(x) ≈ log (1/k) Σ_i p(x|z_i) p(z_i) / q(z_i|x), z_i ~ q(z|x); returns [B].
     bf16: the decoder passes under bfloat16 autocast (the densities and log-sum-exp stay float32).
-    progress: a bar over the samples once the pass has run IW_PROGRESS_AFTER_S seconds."""
+    progress: a bar over the samples once the pass has run IW_PROGRESS_AFTER_S seconds.
+    first_chunk: called with (seconds, samples) after the first chunk of samples, to estimate the whole pass."""
     q = model.posterior(batch) if posterior is None else posterior
     device_type = q.base.mu.device.type
     per_chunk = max(1, rows_per_chunk // q.base.mu.shape[0])
-    chunks, done = [], 0
+    chunks, done, started = [], 0, time.perf_counter()
     with tqdm(total=num_samples, desc="importance samples", unit="sample", delay=IW_PROGRESS_AFTER_S,
               leave=False, disable=not progress) as bar:
         while done < num_samples:
@@ -62,6 +96,8 @@ def iw_log_likelihood(model: LatentModel, batch: Batch, num_samples: int, rows_p
                 log_px = model.log_likelihood(batch, z).float()
             log_w = log_px + model.prior.log_prob(z) - log_q
             chunks.append(torch.logsumexp(log_w, 0))
+            if first_chunk is not None and done == 0:
+                first_chunk(time.perf_counter() - started, s)
             if len(chunks) == MAX_PENDING_CHUNKS:
                 chunks = [torch.logsumexp(torch.stack(chunks), 0)]
             done += s
@@ -126,13 +162,28 @@ def _evaluate(model, dm, split, iw_samples, limit, batch_size, rows_per_chunk, w
     per: dict[str, list[torch.Tensor]] = {"rec": [], "kl": [], "iw_nll": []}   # per-example nats
     columns: dict[str, list[torch.Tensor]] = {}
     batches = dm.eval_batches(split, batch_size, limit)
+    total = batch_limit(limit, math.ceil(dm.num_examples(split) / (batch_size or dm.eval_batch_size)))
     if progress and me == 0:
-        total = batch_limit(limit, math.ceil(dm.num_examples(split) / (batch_size or dm.eval_batch_size)))
-        batches = tqdm(batches, total=total, desc=f"eval {split}", leave=False)
+        batches = tqdm(batches, total=total, desc=f"scoring {split}", leave=False, delay=IW_PROGRESS_AFTER_S)
+    announced: list = []
+
+    def estimate(seconds: float, samples: int, batch: Batch) -> None:
+        """From the first IW chunk's time: the pass costs ~ samples x tokens (rows for fixed-length data)."""
+        done = int(batch["lengths"].sum()) if "lengths" in batch else batch["x"].shape[0]
+        everything = dm.num_tokens(split) if "lengths" in batch and hasattr(dm, "num_tokens") \
+            else dm.num_examples(split)
+        rows = min(dm.num_examples(split), total * (batch_size or dm.eval_batch_size))
+        scaled = everything * rows / dm.num_examples(split)
+        announced.append(announce_iw_pass(split, iw_samples, rows, seconds * iw_samples / samples * scaled / done))
     with eval_mode(model):
+        started, pending = time.perf_counter(), progress and me == 0
         for index, batch in enumerate(batches):
             if index % world != me:
                 continue
+            if pending and n > 0:   # one batch done: a long pass says so (an IW pass has said it already)
+                pending = False
+                if not announced:
+                    announce_pass(split, dm.num_examples(split), (time.perf_counter() - started) * total / world)
             if seed is not None:
                 torch.manual_seed(seed * 100_003 + index)
             n += batch["x"].shape[0]
@@ -149,17 +200,18 @@ def _evaluate(model, dm, split, iw_samples, limit, batch_size, rows_per_chunk, w
                 closed = q.kl_per_dim(model.prior)
                 if closed is not None:
                     z = q.rsample(1)
-                    kl, total = closed.sum(1), closed.sum()
+                    kl, kl_sum = closed.sum(1), closed.sum()
                     kl_dims.append(closed.sum(0))
                 else:   # Monte Carlo at the sample the decoder scores: per-example -ELBO stays an unbiased estimate
                     z, log_q = q.rsample_and_log_prob(1)
                     kl = (log_q - model.prior.log_prob(z))[0]
-                    total = kl.sum()
-                sums["kl"] += float(total)
+                    kl_sum = kl.sum()
+                sums["kl"] += float(kl_sum)
                 per["kl"].append(kl)
                 if iw_samples > 0:
+                    first = (lambda t, k, batch=batch: estimate(t, k, batch)) if pending and index == 0 else None
                     iw_ll = iw_log_likelihood(model, batch, iw_samples, rows_per_chunk, q, iw_bf16,
-                                              progress=progress and me == 0)
+                                              progress=progress and me == 0, first_chunk=first)
                     sums["iw_ll"] += float(iw_ll.sum())
                     per["iw_nll"].append(-iw_ll)
             else:

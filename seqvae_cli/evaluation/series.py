@@ -102,8 +102,8 @@ def series_evaluation(dm, split: str, result: "Evaluation", score: str = "neg_el
                 for i in range(n))
         _write_csv(out_dir / f"scores_{split}.csv", ["index", "series", "start", "label", "score"] + extra + ["mse"],
                    rows)
-    if not getattr(dm, "windowed", False) or n != dm.num_examples(split):
-        return out
+    if not getattr(dm, "windowed", False) or n != dm.num_examples(split) or split in getattr(dm, "subsets", {}):
+        return out   # per-timestamp scores need every window of the split
     per_timestamp = dm.timestamp_scores(values, split)
     ts_rows = []
     for part, ts in zip(dm.split_series(split), per_timestamp):

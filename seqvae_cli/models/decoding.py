@@ -10,6 +10,10 @@ Every strategy stops a sentence at <eos> (which is kept, and counted in its leng
 or after max_len tokens; <pad> and <sos> are never generated. Each returns a Decoded: tokens [N, L] padded
 with <pad>, lengths [N], and the model's log-probability of each returned sequence (untempered,
 unfiltered). Sampling takes a torch.Generator, so the same seed gives the same sentences.
+
+`rules` (Rules) add what readers of a text VAE's output expect and a weak model does not give by itself: no
+<unk> in the output, no empty sentence, no phrase looping to the length limit. None = the model's distribution
+as it is (the functions' default; `seqvae sample` and the TensorBoard text use sample.yaml's rules).
 """
 from __future__ import annotations
 
@@ -18,7 +22,7 @@ from dataclasses import dataclass
 import torch
 from tqdm import tqdm
 
-from seqvae_cli.config.rules import check_arguments, number
+from seqvae_cli.config.rules import BOOLEAN, check_arguments, number
 from seqvae_cli.errors import SeqvaeError
 from seqvae_cli.models.base import eval_mode
 
@@ -33,11 +37,41 @@ RULES = {
     "top_p": number(0, 1, lo_open=True),
     "beam_width": number(1, integer=True),
     "length_penalty": number(0),
+    "allow_unk": BOOLEAN,
+    "min_len": number(0, integer=True),
+    "no_repeat_ngram": number(0, integer=True),
 }
 
 
 # A decode that runs longer than this many seconds shows a progress bar (label given: seqvae sample's decodes).
 PROGRESS_AFTER_S = 2.0
+
+
+@dataclass(frozen=True)
+class Rules:
+    """Constraints on what a decode may generate (the log-probabilities it reports stay the model's)."""
+    allow_unk: bool = False     # false: <unk> is never generated (a weak model's likeliest word, and no word)
+    min_len: int = 1            # words before <eos> may end a sentence: 1 = never an empty sentence
+    no_repeat_ngram: int = 3    # no n-gram twice in one sentence (0 = off): a loop cannot run to max_len
+
+    def apply(self, model, log_probs: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
+        """log_probs [R, V] of the next token after `history` [R, t] (the tokens so far), banned ones -inf. A row
+        whose every token is banned keeps its log-probabilities (a tiny vocabulary must still decode)."""
+        banned = torch.zeros_like(log_probs, dtype=torch.bool)
+        unk = getattr(model, "unk_id", None)
+        if not self.allow_unk and unk is not None:
+            banned[:, unk] = True
+        if history.shape[1] < self.min_len:
+            banned[:, model.eos_id] = True
+        n = self.no_repeat_ngram
+        if n > 0 and history.shape[1] >= n:
+            windows = history.unfold(1, n, 1)                                   # [R, t-n+1, n]
+            seen = (windows[:, :, :n - 1] == history[:, None, history.shape[1] - n + 1:]).all(-1)
+            followers = torch.zeros(banned.shape, dtype=torch.long, device=banned.device)
+            followers.scatter_add_(1, windows[:, :, n - 1], seen.long())   # each token that once followed them
+            banned |= followers > 0
+        banned &= ~banned.all(-1, keepdim=True)
+        return log_probs.masked_fill(banned, float("-inf"))
 
 
 @dataclass
@@ -89,7 +123,8 @@ def _steps(max_len: int, label: str | None) -> tqdm:
 
 
 @torch.no_grad()
-def _left_to_right(model, z, n, max_len, choose, progress: str | None = None) -> Decoded:
+def _left_to_right(model, z, n, max_len, choose, progress: str | None = None, rules: Rules | None = None
+                   ) -> Decoded:
     with eval_mode(model), _steps(max_len, progress) as steps:
         n, state, tokens, device = _start(model, z, n)
         out = torch.full((n, max_len), model.pad_id, dtype=torch.long, device=device)
@@ -98,7 +133,8 @@ def _left_to_right(model, z, n, max_len, choose, progress: str | None = None) ->
         done = torch.zeros(n, dtype=torch.bool, device=device)
         for t in steps:
             lp, state = model.decoder_step(tokens, state, z)
-            tokens = choose(allowed_log_probs(model, lp))
+            allowed = allowed_log_probs(model, lp)
+            tokens = choose(rules.apply(model, allowed, out[:, :t]) if rules is not None else allowed)
             tokens = tokens.masked_fill(done, model.pad_id)
             log_prob += lp.gather(1, tokens.unsqueeze(1)).squeeze(1).masked_fill(done, 0.0)
             out[:, t] = tokens
@@ -112,30 +148,31 @@ def _left_to_right(model, z, n, max_len, choose, progress: str | None = None) ->
 
 
 def greedy(model, z: torch.Tensor | None = None, n: int | None = None, max_len: int = 100,
-           progress: str | None = None) -> Decoded:
+           progress: str | None = None, rules: Rules | None = None) -> Decoded:
     """The most likely token at every step (deterministic)."""
-    return _left_to_right(model, z, n, max_len, lambda lp: lp.argmax(-1), progress)
+    return _left_to_right(model, z, n, max_len, lambda lp: lp.argmax(-1), progress, rules)
 
 
 def sample(model, z: torch.Tensor | None = None, n: int | None = None, max_len: int = 100,
            generator: torch.Generator | None = None, temperature: float = 1.0, top_k: int = 0,
-           top_p: float = 1.0, progress: str | None = None) -> Decoded:
+           top_p: float = 1.0, progress: str | None = None, rules: Rules | None = None) -> Decoded:
     """Ancestral sampling, optionally tempered and restricted to the top k / the nucleus of mass top_p.
     temperature=0 is greedy decoding."""
     check_arguments("", RULES, temperature=temperature, top_k=top_k, top_p=top_p)
     if temperature == 0:
-        return greedy(model, z, n, max_len, progress)
+        return greedy(model, z, n, max_len, progress, rules)
 
     def choose(lp: torch.Tensor) -> torch.Tensor:
         probs = filter_log_probs(lp, temperature, top_k, top_p).exp()
         return torch.multinomial(probs, 1, generator=generator).squeeze(1)
 
-    return _left_to_right(model, z, n, max_len, choose, progress)
+    return _left_to_right(model, z, n, max_len, choose, progress, rules)
 
 
 @torch.no_grad()
 def beam_search(model, z: torch.Tensor | None = None, n: int | None = None, beam_width: int = 5,
-                max_len: int = 100, length_penalty: float = 0.0, progress: str | None = None) -> Decoded:
+                max_len: int = 100, length_penalty: float = 0.0, progress: str | None = None,
+                rules: Rules | None = None) -> Decoded:
     """Beam search, batched over sentences. A finished hypothesis stays in its beam with a fixed score;
     the search ends when every beam's hypotheses are finished or at max_len. Returns, per sentence, the
     hypothesis with the best total log-probability (divided by length**length_penalty when > 0)."""
@@ -155,7 +192,10 @@ def beam_search(model, z: torch.Tensor | None = None, n: int | None = None, beam
         for _ in steps:
             lp, state = model.decoder_step(tokens, state, zk)
             v = lp.shape[-1]
-            lp = allowed_log_probs(model, lp).view(n, k, v)
+            lp = allowed_log_probs(model, lp)
+            if rules is not None:
+                lp = rules.apply(model, lp, history.reshape(n * k, -1))
+            lp = lp.view(n, k, v)
             # A finished hypothesis can only be extended by <pad>, at no cost.
             frozen = torch.full_like(lp[0, 0], float("-inf"))
             frozen[model.pad_id] = 0.0
@@ -184,15 +224,15 @@ def beam_search(model, z: torch.Tensor | None = None, n: int | None = None, beam
 def decode(model, z: torch.Tensor | None = None, n: int | None = None, strategy: str = "greedy",
            max_len: int = 100, generator: torch.Generator | None = None, temperature: float = 1.0,
            top_k: int = 0, top_p: float = 1.0, beam_width: int = 5, length_penalty: float = 0.0,
-           progress: str | None = None) -> Decoded:
+           progress: str | None = None, rules: Rules | None = None) -> Decoded:
     """One entry point for the sampler: strategy = greedy | sample | beam. progress: a label for the progress bar
-    a long decode shows (none without)."""
+    a long decode shows (none without). rules: Rules, or None for the model's distribution as it is."""
     if strategy == "greedy":
-        return greedy(model, z, n, max_len, progress)
+        return greedy(model, z, n, max_len, progress, rules)
     if strategy == "sample":
-        return sample(model, z, n, max_len, generator, temperature, top_k, top_p, progress)
+        return sample(model, z, n, max_len, generator, temperature, top_k, top_p, progress, rules)
     if strategy == "beam":
-        return beam_search(model, z, n, beam_width, max_len, length_penalty, progress)
+        return beam_search(model, z, n, beam_width, max_len, length_penalty, progress, rules)
     raise SeqvaeError(f"decoding strategy {strategy!r} is not allowed; expected one of: {', '.join(STRATEGIES)}")
 
 

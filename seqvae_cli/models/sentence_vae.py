@@ -51,6 +51,10 @@ class _TextDecoderMixin:
         return self.io.eos_id
 
     @property
+    def unk_id(self) -> int:
+        return self.io.unk_id
+
+    @property
     def vocab_size(self) -> int:
         return self.io.vocab_size
 

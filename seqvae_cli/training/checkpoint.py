@@ -9,6 +9,7 @@ describes the file and the rules for loading one.
 from __future__ import annotations
 
 import hashlib
+import inspect
 from pathlib import Path
 from typing import Any
 
@@ -150,14 +151,18 @@ def run_folder_of(run_dir: str | None, checkpoint: Path) -> Path:
 
 
 def build(cfg: DictConfig, device: torch.device, data_state: dict | None = None,
-          source: str = "the config") -> tuple[DataModule, LatentModel]:
+          source: str = "the config", splits: tuple[str, ...] | None = None) -> tuple[DataModule, LatentModel]:
     """The data module (set up on `device`) and the model it shapes, built only from seqvae's registered parts:
-    the whole config is checked before anything is built. source: where the config came from, for errors."""
+    the whole config is checked before anything is built. source: where the config came from, for errors.
+    splits: the splits to load (None = all; a checkpoint's data_state stands in for the others)."""
     check_parts(cfg, source)
     dm: DataModule = build_part(cfg.data, "data", source)
     if data_state:
         dm.load_state_dict(data_state)
-    dm.setup(device)
+    if splits is None or "splits" not in inspect.signature(dm.setup).parameters:   # a module that loads everything
+        dm.setup(device)
+    else:
+        dm.setup(device, splits=splits)
     model: LatentModel = build_part(cfg.model, "model", source, **dm.model_kwargs())
     attach_latent(model, cfg, source)
     return dm, model.to(device)
@@ -199,8 +204,10 @@ def load_model_state(model: LatentModel, state: dict, path: Path | str) -> None:
 
 
 def load_run(run_dir: str | None, checkpoint: str, device: torch.device, data_dir: str | None = None,
-             data_dir_is_default: bool = False) -> tuple[DictConfig, DataModule, LatentModel, dict]:
-    """Rebuild a trained run for eval/sample: its own config, data and weights.
+             data_dir_is_default: bool = False, splits: tuple[str, ...] | None = None
+             ) -> tuple[DictConfig, DataModule, LatentModel, dict]:
+    """Rebuild a trained run for eval/sample: its own config, the data `splits` it needs (None = all; () = none,
+    the checkpoint alone) and its weights.
 
     The data root is `data_dir` when the user chose it (paths.data_dir=... or $SEQVAE_DATA_DIR): data may have
     moved since training. When `data_dir` is only the ./data fallback, the root the run trained on is kept while
@@ -218,7 +225,7 @@ def load_run(run_dir: str | None, checkpoint: str, device: torch.device, data_di
         cfg.paths.data_dir = data_dir
         if "data_dir" in cfg.data:
             cfg.data.data_dir = data_dir
-    dm, model = build(cfg, device, state.get("data_state"), source=f"checkpoint {path}")
+    dm, model = build(cfg, device, state.get("data_state"), source=f"checkpoint {path}", splits=splits)
     load_model_state(model, state, path)
     model.eval()
     return cfg, dm, model, state

@@ -31,6 +31,7 @@ from seqvae_cli.models.base import LatentModel
 from seqvae_cli.objective.elbo import Objective, Terms, TrainingLoss
 from seqvae_cli.training.captured_step import CapturedStep, WARMUP_STEPS, cuda_graph_choice
 from seqvae_cli.training.checkpoint import build, recorded_run_id
+from seqvae_cli.training.collapse import collapse_warning
 from seqvae_cli.training.extras import AggressiveEncoder, AggressiveSteps, WeightAverage, frozen
 from seqvae_cli.training.interrupt import StopRequests, Stopped, stop_message
 from seqvae_cli.training.optim import lr_factor, make_optimizer
@@ -248,6 +249,11 @@ class Trainer(CheckpointState, Reporting, AggressiveSteps):
             self.log_hparams(result)
             if tc.log_visuals:
                 visuals.end_of_training(self.model, self.dm, self.run_dir / "samples", self.writer, self.step)
+            # Last, where it is seen: a collapsed latent trains without any error.
+            said = collapse_warning(result.get("test") or self.best_val, self.cfg, self.model.latent_dim,
+                                    "test" if result.get("test") else "validation")
+            if said and self.model.variational:
+                log.warning(said)
         self.writer.close()
         distributed.barrier()  # no rank leaves (and tears the group down) while rank 0 still writes
         return result

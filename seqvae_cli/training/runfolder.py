@@ -248,6 +248,25 @@ def clear_previous_run(run_dir: Path) -> None:
         log.warning("trainer.overwrite=true: removed the previous run's %s from %s", ", ".join(removed), run_dir)
 
 
+def discard_unused(folder: Path, task: str) -> bool:
+    """A command that stopped before doing anything leaves no folder behind: remove `folder` when it holds only what
+    Hydra wrote for this command (.hydra/, TASK.log) and the lock, then its parents that became empty below the
+    working directory (outputs/DATE/, outputs/) or below a run (RUN/logs/). Returns whether it was removed."""
+    if not folder.is_dir() or folder.is_symlink():
+        return False
+    if any(p.name not in (".hydra", f"{task}.log", LOCK_NAME) for p in folder.iterdir()):
+        return False
+    shutil.rmtree(folder, ignore_errors=True)
+    for parent in folder.resolve().parents:
+        if (parent / "run_id").exists() or not is_inside(parent, Path.cwd()) or parent == Path.cwd().resolve():
+            break
+        try:
+            parent.rmdir()   # only when empty
+        except OSError:
+            break
+    return not folder.exists()
+
+
 def is_inside(path: Path, folder: Path) -> bool:
     try:
         path.resolve().relative_to(folder.resolve())

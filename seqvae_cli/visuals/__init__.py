@@ -3,7 +3,11 @@
 A kind's module defines `during_training(model, dm, writer, step)` (TensorBoard pictures after each validation),
 `sample(model, dm, cfg, out_dir, writer, step) -> list[Path]` (everything `seqvae sample` draws) and, optionally,
 `end_of_training(model, dm, out_dir, writer, step)` (files written next to the run's checkpoints). A new data
-kind adds one module and one line to KINDS. visuals/latent.py adds a learned prior's pictures to every kind. Modules are imported on first use: matplotlib is slow to load.
+kind adds one module and one line to KINDS. visuals/latent.py adds a learned prior's pictures to every kind. Modules
+are imported on first use: matplotlib is slow to load.
+
+TensorBoard's Time Series tab sorts its cards by tag prefix and opens only the first two groups: pictures are
+tagged visuals/... (seqvae sample's visuals/sample/...), which sorts after the train/ and val/ curves.
 """
 from __future__ import annotations
 

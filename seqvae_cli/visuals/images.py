@@ -138,8 +138,8 @@ def during_training(model: LatentModel, dm: DataModule, writer: SummaryWriter, s
     if model.latent_dim == 0:
         return
     with eval_mode(model):
-        _save_and_log(image_reconstructions(model, dm), 8, None, writer, "images/reconstructions", step)
-        _save_and_log(image_prior_samples(model, dm), 8, None, writer, "images/prior_samples", step)
+        _save_and_log(image_reconstructions(model, dm), 8, None, writer, "visuals/reconstructions", step)
+        _save_and_log(image_prior_samples(model, dm), 8, None, writer, "visuals/prior_samples", step)
 
 
 def end_of_training(model: LatentModel, dm: DataModule, out_dir: Path, writer: SummaryWriter, step: int) -> None:
@@ -155,23 +155,28 @@ def sample(model: LatentModel, dm: DataModule, cfg, out_dir: Path, writer: Summa
     """Everything `seqvae sample` draws for an image model; returns the files written."""
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
-    figures = [
-        ("prior_samples", image_prior_samples(model, dm, cfg.num_samples, seed=cfg.seed), 8),
-        ("reconstructions", image_reconstructions(model, dm, cfg.num_reconstructions, cfg.split), 8),
-        ("interpolation", image_interpolation(model, dm, cfg.interpolation_steps, cfg.split), cfg.interpolation_steps),
-        ("traversal", image_traversal(model, dm, cfg.traversal_range, cfg.traversal_steps, cfg.split,
-                                      cfg.traversal_dims),
-         cfg.traversal_steps),
-    ]
+    figures = [("prior_samples", image_prior_samples(model, dm, cfg.num_samples, seed=cfg.seed), 8)]
+    with_data = dm.has_split(cfg.split)   # without the images (a checkpoint on its own): the prior's pictures only
+    if with_data:
+        figures += [
+            ("reconstructions", image_reconstructions(model, dm, cfg.num_reconstructions, cfg.split), 8),
+            ("interpolation", image_interpolation(model, dm, cfg.interpolation_steps, cfg.split),
+             cfg.interpolation_steps),
+            ("traversal", image_traversal(model, dm, cfg.traversal_range, cfg.traversal_steps, cfg.split,
+                                          cfg.traversal_dims),
+             cfg.traversal_steps),
+        ]
     if model.latent_dim == 2:
         figures.append(("manifold", image_manifold(model, dm, cfg.manifold_size), cfg.manifold_size))
     for name, images, nrow in figures:
         path = out_dir / f"{name}.png"
-        _save_and_log(images, nrow, path, writer, f"sample/{name}", step)
+        _save_and_log(images, nrow, path, writer, f"visuals/sample/{name}", step)
         written.append(path)
+    if not with_data:
+        return written
     scatter = latent_scatter(model, dm, out_dir / "latent_scatter.png", cfg.split, cfg.scatter_points)
     from PIL import Image
     import numpy as np
-    writer.add_image("sample/latent_scatter", np.asarray(Image.open(scatter).convert("RGB")), step, dataformats="HWC")
+    writer.add_image("visuals/sample/latent_scatter", np.asarray(Image.open(scatter).convert("RGB")), step, dataformats="HWC")
     written.append(scatter)
     return written

@@ -48,7 +48,7 @@ def during_training(model: LatentModel, dm: DataModule, writer: SummaryWriter, s
             writer.add_scalar("val/prior_components_used", float(used.unique().numel()), step)
         if isinstance(prior, VampPrior) and dm.kind == "image":
             from seqvae_cli.visuals.images import _as_images, _save_and_log
-            _save_and_log(_as_images(prior.inputs()[:64], dm), 8, None, writer, "images/pseudo_inputs", step)
+            _save_and_log(_as_images(prior.inputs()[:64], dm), 8, None, writer, "visuals/pseudo_inputs", step)
 
 
 @torch.no_grad()
@@ -58,7 +58,7 @@ def sample(model: LatentModel, dm: DataModule, cfg, out_dir: Path, writer: Summa
     if dm.kind == "image" and isinstance(prior, VampPrior):
         from seqvae_cli.visuals.images import _as_images, _save_and_log
         path = out_dir / "pseudo_inputs.png"
-        _save_and_log(_as_images(prior.inputs()[:100], dm), 10, path, writer, "sample/pseudo_inputs", step)
+        _save_and_log(_as_images(prior.inputs()[:100], dm), 10, path, writer, "visuals/sample/pseudo_inputs", step)
         written.append(path)
     if isinstance(prior, MixturePrior):
         mu, labels = codes(model, dm, cfg.split, cfg.scatter_points)
@@ -72,7 +72,7 @@ def sample(model: LatentModel, dm: DataModule, cfg, out_dir: Path, writer: Summa
                     for k in order[:MAX_COMPONENTS_DRAWN]]
             path = out_dir / "component_samples.png"
             _save_and_log(_as_images(torch.cat(rows), dm), SAMPLES_PER_COMPONENT, path, writer,
-                          "sample/component_samples", step)
+                          "visuals/sample/component_samples", step)
             written.append(path)
     return written
 

@@ -12,7 +12,12 @@ from seqvae_cli.config.rules import number
 from seqvae_cli.data.base import read_text_file
 from seqvae_cli.memory import check_fits, decoding_row_bytes
 from seqvae_cli.models.base import eval_mode
-from seqvae_cli.models.decoding import decode, homotopy, to_text
+from seqvae_cli.models.decoding import Rules, decode, homotopy, to_text
+
+def rules_of(cfg) -> Rules:
+    """sample.yaml's decoding rules (runs of older versions' configs: the defaults)."""
+    return Rules(bool(cfg.get("allow_unk", False)), int(cfg.get("min_len", 1)), int(cfg.get("no_repeat_ngram", 3)))
+
 
 # The longest decode `seqvae sample` runs (tokens per sentence): PTB's longest sentence has 83 tokens, and a model
 # that never emits <eos> would otherwise decode for as long as asked, minutes for max_len=1000000.
@@ -53,12 +58,13 @@ def _device_generator(dm, seed: int) -> torch.Generator:
 
 @torch.no_grad()
 def reconstructions(model, dm, sentences: list[str], strategy: str = "greedy", max_len: int = 50,
-                    beam_width: int = 5, length_penalty: float = 0.0, progress: str | None = None) -> list[str]:
+                    beam_width: int = 5, length_penalty: float = 1.0, progress: str | None = None,
+                    rules: Rules | None = Rules()) -> list[str]:
     """Decode each sentence from its posterior mean."""
     batch = dm.batch_from_sentences(sentences)
     mu = model.posterior(batch).mean
     return to_text(dm, decode(model, mu, strategy=strategy, max_len=max_len, beam_width=beam_width,
-                              length_penalty=length_penalty, progress=progress))
+                              length_penalty=length_penalty, progress=progress, rules=rules))
 
 
 def _some_sentences(dm, split: str, n: int) -> list[str]:
@@ -69,7 +75,8 @@ def _some_sentences(dm, split: str, n: int) -> list[str]:
 def during_training(model, dm, writer: SummaryWriter, step: int) -> None:
     with eval_mode(model):
         # Without a latent, greedy decoding gives one sentence five times: sample instead.
-        lines = prior_sentences(model, dm, 5, seed=1234, strategy="greedy" if model.latent_dim else "sample")
+        lines = prior_sentences(model, dm, 5, seed=1234, strategy="greedy" if model.latent_dim else "sample",
+                                rules=Rules())
         writer.add_text("text/prior_samples", _markdown(lines), step)
         if model.latent_dim > 0:
             inputs = _some_sentences(dm, "val", 5)
@@ -111,6 +118,7 @@ def sample(model, dm, cfg, out_dir: Path, writer: SummaryWriter, step: int) -> l
     check_decoding_fits(model, dm, cfg, (len(sentences) or cfg.num_reconstructions) if model.latent_dim else 0)
     out_dir.mkdir(parents=True, exist_ok=True)
     files: dict[str, list[str]] = {}
+    rules = rules_of(cfg)
     strategies = {
         "greedy": dict(strategy="greedy"),
         f"temperature_{cfg.temperature}": dict(strategy="sample", temperature=cfg.temperature),
@@ -121,20 +129,23 @@ def sample(model, dm, cfg, out_dir: Path, writer: SummaryWriter, step: int) -> l
     }
     for name, kwargs in strategies.items():
         files[f"prior_{name}"] = prior_sentences(model, dm, cfg.num_samples, cfg.seed, max_len=cfg.max_len,
-                                                 progress=f"prior sentences, {name}", **kwargs)
-    if model.latent_dim > 0:
+                                                 progress=f"prior sentences, {name}", rules=rules, **kwargs)
+    if model.latent_dim > 0 and (sentences or dm.has_split(cfg.split)):
         inputs = sentences or _some_sentences(dm, cfg.split, cfg.num_reconstructions)
-        greedy_out = reconstructions(model, dm, inputs, "greedy", cfg.max_len, progress="reconstructions, greedy")
+        greedy_out = reconstructions(model, dm, inputs, "greedy", cfg.max_len, progress="reconstructions, greedy",
+                                     rules=rules)
         beam_out = reconstructions(model, dm, inputs, "beam", cfg.max_len, cfg.beam_width, cfg.length_penalty,
-                                   progress=f"reconstructions, beam_{cfg.beam_width}")
+                                   progress=f"reconstructions, beam_{cfg.beam_width}", rules=rules)
         known = [dm.decode_ids(dm.encode_sentence(s)) for s in inputs]  # what the model read (<unk> shown)
         files["reconstructions"] = [f"input : {s}\nread  : {k}\ngreedy: {g}\nbeam  : {b}\n"
                                     for s, k, g, b in zip(inputs, known, greedy_out, beam_out)]
-        ends = inputs[:2] if len(inputs) >= 2 else _some_sentences(dm, cfg.split, 2)
-        mu = model.posterior(dm.batch_from_sentences(ends)).mean
-        path = homotopy(mu[0], mu[1], cfg.interpolation_steps)
-        decoded = decode(model, path, max_len=cfg.max_len, progress="homotopy")
-        files["homotopy"] = [f"from: {ends[0]}"] + to_text(dm, decoded) + [f"to  : {ends[1]}"]
+        ends = inputs[:2] if len(inputs) >= 2 else _some_sentences(dm, cfg.split, 2) if dm.has_split(cfg.split) \
+            else []
+        if len(ends) == 2:   # one sentence of your own and no data: no second end
+            mu = model.posterior(dm.batch_from_sentences(ends)).mean
+            path = homotopy(mu[0], mu[1], cfg.interpolation_steps)
+            decoded = decode(model, path, max_len=cfg.max_len, progress="homotopy", rules=rules)
+            files["homotopy"] = [f"from: {ends[0]}"] + to_text(dm, decoded) + [f"to  : {ends[1]}"]
     written = []
     for name, lines in files.items():
         target = out_dir / f"{name}.txt"

@@ -95,10 +95,19 @@ class SeriesData(DataModule):
         return self.normalize
 
     # ------------------------------------------------------------------------------------ set-up
-    def setup(self, device: torch.device) -> None:
+    def setup(self, device: torch.device, splits: tuple[str, ...] | None = None) -> None:
         if self.config_error is not None:
             raise self.config_error
         self.device = torch.device(device)
+        state = self.loaded_state
+        if splits is not None and not splits and state and "shift" in state and "seq_len" in state:
+            # From a checkpoint, for what needs no data (prior samples): its statistics give the shapes and units.
+            self.normalizer = Normalizer(state["normalize"], torch.tensor(state["shift"], dtype=torch.float64),
+                                         torch.tensor(state["scale"], dtype=torch.float64))
+            self.channel_names, self.series_names = list(state["channels"]), list(state.get("series_names", []))
+            self.seq_len, self.num_channels = int(state["seq_len"]), int(self.normalizer.shift.shape[-1])
+            return
+        # Every split comes from the same files (the splits are parts of them): all are loaded.
         loaded = self.load()
         for split in SPLITS:
             if loaded.splits[split].x.shape[0] == 0:
@@ -148,6 +157,9 @@ class SeriesData(DataModule):
     def num_examples(self, split: str) -> int:
         return self.splits[split]["x"].shape[0]
 
+    def has_split(self, split: str) -> bool:
+        return split in self.splits
+
     def _gather(self, split: str, idx: torch.Tensor) -> Batch:
         return {k: v.index_select(0, idx) for k, v in self.splits[split].items()}
 
@@ -164,6 +176,9 @@ class SeriesData(DataModule):
         n = tensors["x"].shape[0]
         for i in range(batch_limit(limit, math.ceil(n / bs))):
             yield {k: v[i * bs:(i + 1) * bs] for k, v in tensors.items()}
+
+    def restrict(self, split: str, rows: torch.Tensor) -> None:
+        self.splits[split] = {k: v.index_select(0, rows.to(v.device)) for k, v in self.splits[split].items()}
 
     def state_dict(self) -> dict:
         if self.normalizer is None:
