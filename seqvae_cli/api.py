@@ -9,7 +9,6 @@ docs/api.md describes every method. The run is rebuilt exactly as `seqvae eval` 
 """
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
 from typing import Any, Sequence
@@ -123,12 +122,9 @@ class Run:
         the same code, so the numbers are the same. Time series write no CSV files from here."""
         from seqvae_cli.evaluation.evaluate import evaluate
         self._check_split(split)
-        batches = None
-        if limit:   # as eval_app: equal batches that add up to `limit` examples (exactly when it divides evenly)
-            batches = math.ceil(limit / batch_size)
-            batch_size = math.ceil(limit / batches)
-        metrics = evaluate(self.model, self.data, split, iw_samples=iw_samples or self.data.eval_iw_samples,
-                           limit=batches, batch_size=batch_size, rows_per_chunk=rows_per_chunk, seed=seed,
+        data = self.data.subset(split, limit, seed) if limit else self.data   # as eval_app: `limit` drawn examples
+        metrics = evaluate(self.model, data, split, iw_samples=iw_samples or self.data.eval_iw_samples,
+                           batch_size=batch_size, rows_per_chunk=rows_per_chunk, seed=seed,
                            iw_bf16=is_bf16(iw_precision), score=score).metrics
         if "iw_nll" in metrics:
             metrics["iw_precision"] = str(iw_precision)

@@ -196,27 +196,25 @@ def test_limit_examples_is_exact_and_representative_for_every_kind(tmp_path, mni
 
     text = _text_data(tmp_path)
     full = text._cpu_lengths["test"].float()
-    text.keep_examples("test", 256, seed=0)
-    kept = torch.cat([b["lengths"] for b in text.eval_batches("test")]).float()
-    assert kept.numel() == 256 == text.num_examples("test")
+    cut = text.subset("test", 256, seed=0)
+    kept = torch.cat([b["lengths"] for b in cut.eval_batches("test")]).float()
+    assert kept.numel() == 256 == cut.num_examples("test") and text.num_examples("test") == full.numel()  # a copy
     assert abs(kept.mean() - full.mean()) < 0.15 * full.mean() and kept.min() <= 3 and kept.max() >= 28
     (tmp_path / "again").mkdir()
     again = _text_data(tmp_path / "again")
-    again.keep_examples("test", 256, seed=0)
-    assert torch.equal(torch.cat([b["x"][:, :1] for b in again.eval_batches("test")]),
-                       torch.cat([b["x"][:, :1] for b in text.eval_batches("test")]))    # seeded
+    assert torch.equal(torch.cat([b["x"][:, :1] for b in again.subset("test", 256, seed=0).eval_batches("test")]),
+                       torch.cat([b["x"][:, :1] for b in cut.eval_batches("test")]))    # seeded
 
     sines = SinesData(num_series={"train": 20, "val": 10, "test": 100}, seq_len=12, channels=1)
     sines.setup(torch.device("cpu"))
     labels = sines.splits["test"]["label"].clone()
-    sines.keep_examples("test", 40, seed=1)
-    assert sum(b["x"].shape[0] for b in sines.eval_batches("test")) == 40 and sines.subsets == {"test": 100}
-    assert int(labels.sum()) == 10 and 0 < int(sines.splits["test"]["label"].sum()) < 40   # both classes kept
+    cut = sines.subset("test", 40, seed=1)
+    assert sum(b["x"].shape[0] for b in cut.eval_batches("test")) == 40 and sines.num_examples("test") == 100
+    assert int(labels.sum()) == 10 and 0 < int(cut.splits["test"]["label"].sum()) < 40   # both classes kept
 
     mnist = MNISTData(str(mnist_data_dir), eval_batch_size=1000)
     mnist.setup(torch.device("cpu"))
-    mnist.keep_examples("test", 300, seed=0)
-    digits = torch.cat([b["y"] for b in mnist.eval_batches("test")])
+    digits = torch.cat([b["y"] for b in mnist.subset("test", 300, seed=0).eval_batches("test")])
     assert digits.numel() == 300 and digits.unique().numel() == 10
 
 

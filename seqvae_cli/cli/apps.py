@@ -154,7 +154,7 @@ def eval_app(cfg: DictConfig) -> dict | float:
                                        _data_dir_is_default(), splits=(str(cfg.split),))
         k = cfg.iw_samples or dm.eval_iw_samples
         if cfg.limit_examples:  # exactly that many, drawn across the split (its batches may be sorted by length)
-            dm.keep_examples(cfg.split, cfg.limit_examples, cfg.seed)
+            dm = dm.subset(cfg.split, cfg.limit_examples, cfg.seed)
         out_dir, started = _output_folder(cfg), time.time()
         metrics = evaluate(model, dm, cfg.split, iw_samples=k, batch_size=cfg.batch_size,
                            rows_per_chunk=cfg.iw_rows_per_chunk, progress=True, seed=cfg.seed,

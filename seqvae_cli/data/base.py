@@ -1,6 +1,7 @@
 """What every data module is: splits of on-device tensors served as batches, and where data lives."""
 from __future__ import annotations
 
+import copy
 import math
 import os
 from pathlib import Path
@@ -71,7 +72,6 @@ class DataModule:
     eval_batch_size: int
     eval_iw_samples: int
     iw_rows_per_chunk: int = 65536  # examples x importance samples scored at once in the IW pass
-    subsets: dict[str, int] = {}    # splits cut down by keep_examples: split -> how many examples it had
 
     # The rules of the constructor's keys (data.<key>), which validate() applies to the config and the constructor
     # to its arguments (config/rules.check_arguments). Subclasses extend these with their own keys.
@@ -109,15 +109,20 @@ class DataModule:
     def num_train_batches(self, limit: int | float | None = None) -> int:
         return batch_limit(limit, math.ceil(self.num_examples("train") / self.batch_size))
 
-    def keep_examples(self, split: str, n: int, seed: int) -> None:
-        """`seqvae eval limit_examples=n`: from here on `split` is n of its examples drawn uniformly with `seed` (kept
-        in storage order), so that the scores describe the split, whatever its batches are sorted by."""
+    def subset(self, split: str, n: int, seed: int) -> DataModule:
+        """`seqvae eval limit_examples=n`: this data with `split` cut to n of its examples, drawn uniformly with
+        `seed` (kept in storage order), so that the scores describe the split whatever its batches are sorted by.
+        A shallow copy (its dicts copied, its tensors shared): this module is left whole."""
         total = self.num_examples(split)
         if n >= total:
-            return
+            return self
+        clone = copy.copy(self)
+        for name, value in vars(self).items():
+            if isinstance(value, dict):   # restrict() replaces entries of these (splits, lengths): not ours
+                setattr(clone, name, dict(value))
         drawn = torch.randperm(total, generator=torch.Generator().manual_seed(seed))[:n]
-        self.restrict(split, torch.sort(drawn).values)
-        self.subsets = {**self.subsets, split: total}   # the instance's own dict, not the class default
+        clone.restrict(split, torch.sort(drawn).values)
+        return clone
 
     def restrict(self, split: str, rows: torch.Tensor) -> None:
         """Keep only these rows (a CPU index tensor) of `split`."""
