@@ -1,7 +1,7 @@
 """A trained run in Python (notebooks): encode, decode, sample and score it with the numbers `seqvae eval` gives.
 
     import seqvae_cli
-    run = seqvae_cli.load("outputs/2026-12-04/10-00-00")
+    run = seqvae_cli.load("outputs/mlp_vae-mnist/2026-12-04/10-00-00")
     z = run.encode(run.batch("test", 8))
 
 docs/api.md describes every method. The run is rebuilt exactly as `seqvae eval` and `seqvae sample` rebuild it
@@ -28,7 +28,7 @@ SPLITS = ("train", "val", "test")
 
 def load(run: str | Path, checkpoint: str = "best", device: str | torch.device = "auto",
          data_dir: str | None = None) -> Run:
-    """A trained run: `run` is a run folder (outputs/DATE/TIME; `checkpoint` = best | last | a .pt path) or the path
+    """A trained run: `run` is a run folder (outputs/NAME/DATE/TIME; `checkpoint` = best | last | a .pt path) or the path
     of a .pt file. device: auto | cpu | cuda | mps. data_dir: the data root, when the data moved since training;
     else $SEQVAE_DATA_DIR, else the root the run trained on (the rule of `seqvae eval`)."""
     from seqvae_cli.training.checkpoint import load_run, resolve_checkpoint
@@ -80,7 +80,8 @@ class Run:
                **options: Any) -> torch.Tensor | list[str]:
         """The decoder's output for latent codes z [B, D]: images [B, 1, 28, 28] and series [B, T, C] (in the
         model's normalised units) as the decoder mean; text as sentences, decoded by `strategy` (greedy | sample
-        | beam; options: temperature, top_k, top_p, beam_width, length_penalty; seed: the sampling stream)."""
+        | beam; options: temperature, top_k, top_p, beam_width, length_penalty, allow_unk, min_len, no_repeat_ngram,
+        with `seqvae sample`'s defaults; seed: the sampling stream)."""
         self._needs_latent("decode")
         z = torch.as_tensor(z, dtype=torch.float32).to(self.device)
         if self.data.kind == "text":
@@ -106,11 +107,15 @@ class Run:
         return self.decode(z, seed=seed, **decoding)
 
     def _sentences(self, z: torch.Tensor | None, n: int, strategy: str = "greedy", max_len: int = 50,
-                   seed: int = 0, **options: Any) -> list[str]:
-        from seqvae_cli.models.decoding import decode, to_text
+                   seed: int = 0, length_penalty: float = 1.0, allow_unk: bool = False, min_len: int = 1,
+                   no_repeat_ngram: int = 3, **options: Any) -> list[str]:
+        """Decoded with `seqvae sample`'s defaults (conf/sample.yaml; tests/test_api.py holds them equal): beams
+        ranked per token, and the decoding rules (no <unk>, no empty sentence, no repeated 3-gram)."""
+        from seqvae_cli.models.decoding import Rules, decode, to_text
         generator = torch.Generator(device=self.device).manual_seed(seed)
         out = decode(self.model, z, n=None if z is not None else n, strategy=strategy, max_len=max_len,
-                     generator=generator, **options)
+                     generator=generator, length_penalty=length_penalty,
+                     rules=Rules(allow_unk, min_len, no_repeat_ngram), **options)
         return to_text(self.data, out)
 
     # ------------------------------------------------------------------------------------------ scoring

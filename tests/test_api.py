@@ -18,7 +18,7 @@ from test_cli_text import TEXT_ARGS, TEXT_FILES, corpus, write_corpus
 
 DOC = REPO / "docs" / "api.md"
 # The run folders the snippets name, replaced by real runs.
-IMAGE_RUN, TEXT_RUN = "outputs/2026-12-04/10-00-00", "outputs/2026-12-05/09-00-00"
+IMAGE_RUN, TEXT_RUN = "outputs/mlp_vae-mnist/2026-12-04/10-00-00", "outputs/lstm_vae-ptb/2026-12-05/09-00-00"
 
 
 def snippets() -> list[str]:
@@ -100,9 +100,25 @@ def test_text_encodes_sentences_and_decodes_to_sentences(text_run_dir, capsys):
     batch = run.batch("test", 4)
     assert run.encode(batch).shape == (4, run.model.latent_dim)
     assert len(run.decode(run.encode("cat sees dog"), strategy="sample", temperature=0.5)) == 1
+    assert all(s.strip() and "<unk>" not in s for s in run.sample(8, seed=2, strategy="beam"))   # the rules apply
     with pytest.raises(SeqvaeError, match="not a bare tensor"):
         run.encode(batch["x"])
     assert {"ppl", "iw_nll", "kl"} <= set(run.evaluate("test", iw_samples=3, limit=20))
+
+
+def test_text_decodes_with_the_defaults_of_seqvae_sample():
+    """Issue 20: the API decoded with the bare decoders' defaults (plain log-probability beams: blank lines) while
+    `seqvae sample` used its rules. Its defaults are sample.yaml's."""
+    import inspect
+
+    from omegaconf import OmegaConf
+
+    from seqvae_cli.api import Run
+    sample_yaml = OmegaConf.load(REPO / "conf" / "sample.yaml")
+    defaults = {k: p.default for k, p in inspect.signature(Run._sentences).parameters.items()
+                if p.default is not inspect.Parameter.empty}
+    for key in ("length_penalty", "allow_unk", "min_len", "no_repeat_ngram", "max_len"):
+        assert defaults[key] == sample_yaml[key], key
 
 
 def test_import_seqvae_cli_loads_no_torch():

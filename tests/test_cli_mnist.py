@@ -191,6 +191,7 @@ def test_sample(smoke_run, tmp_path):
     run = clone_run(smoke_run.run_dir, tmp_path / "run")
     (run / "samples").mkdir()
     (run / "samples" / "prior_samples.png").write_bytes(b"an earlier call's")
+    (run / "samples" / ".seqvae_sample_files").write_text("prior_samples.png\n")   # what that call wrote
     proc = run_seqvae(["sample", f"run_dir={run}"], cwd=tmp_path)
     assert proc.returncode == 0, describe(proc)
     # Issue 20: a second call said nothing while it replaced the first one's files.

@@ -51,6 +51,22 @@ def test_register_works_as_a_decorator_and_refuses_a_taken_name(registry):
         parts.register("decoder", Tiny)
 
 
+def test_a_data_module_without_restrict_refuses_limit_examples_in_one_line():
+    """restrict() is optional for a data module of your own: limit_examples then says what it needs."""
+    from seqvae_cli.data.base import DataModule
+
+    class Rows(DataModule):
+        kind = "series"
+
+        def num_examples(self, split: str) -> int:
+            return 10
+
+    Rows().subset("test", 10, seed=0)           # the whole split: nothing to cut
+    with pytest.raises(SeqvaeError, match=r"^limit_examples needs Rows\.restrict\(split, rows\), which this data "
+                                          r"module does not define: score the whole split"):
+        Rows().subset("test", 3, seed=0)
+
+
 def test_seqvae_parts_imports_the_named_modules_before_the_check(registry, monkeypatch):
     config = {"data": {"_target_": "MNISTData"}, "model": {"_target_": "toy_parts.ToyVAE"}}
     with pytest.raises(SeqvaeError, match=r"toy_parts\.ToyVAE'.*name the module that registers it in SEQVAE_PARTS"):

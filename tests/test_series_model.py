@@ -299,6 +299,10 @@ def test_windowed_data_gets_timestamp_scores_and_baseline(tmp_path):
     # a partial pass (limit) cannot be mapped back to timestamps: per-window metrics only
     partial = evaluate(model, dm, "test", limit=1, out_dir=tmp_path / "partial").metrics
     assert "mse" in partial and not any(k.startswith("csv/") for k in partial)
+    # so is `seqvae eval limit_examples=N` (a drawn subset of the windows): scored, never mapped back
+    cut = evaluate(model, dm.subset("test", 20, seed=0), "test", out_dir=tmp_path / "cut").metrics
+    assert cut["num_examples"] == 20 and "auroc" in cut and not any(k.startswith("csv/") for k in cut)
+    assert not (tmp_path / "cut" / "timestamp_scores_test.csv").exists()
 
 
 def test_sample_series_draws_every_figure_for_windowed_data(tmp_path):

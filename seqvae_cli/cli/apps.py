@@ -157,7 +157,7 @@ def eval_app(cfg: DictConfig) -> dict | float:
             dm = dm.subset(cfg.split, cfg.limit_examples, cfg.seed)
         out_dir, started = _output_folder(cfg), time.time()
         metrics = evaluate(model, dm, cfg.split, iw_samples=k, batch_size=cfg.batch_size,
-                           rows_per_chunk=cfg.iw_rows_per_chunk, progress=True, seed=cfg.seed,
+                           rows_per_chunk=cfg.iw_rows_per_chunk, progress=True, announce=True, seed=cfg.seed,
                            iw_bf16=is_bf16(cfg.iw_precision),
                            # time series: the anomaly score, and where its CSV files go
                            score=cfg.score, out_dir=out_dir).metrics
@@ -224,6 +224,8 @@ def sample_app(cfg: DictConfig) -> None:
         writer = LazyWriter(str(run_dir / "tb"))
         written = visuals.sample(model, dm, cfg, out, writer, state["step"])
         writer.close()
+        out.mkdir(parents=True, exist_ok=True)
+        (out / DRAWN_LIST).write_text("".join(f"{p.relative_to(out)}\n" for p in written if p.is_relative_to(out)))
     except SeqvaeError as exc:
         _fail(exc)
         return
@@ -255,11 +257,17 @@ def _load_for_sampling(cfg: DictConfig, device: torch.device) -> tuple:
         return found
 
 
+# The files an earlier `seqvae sample` wrote into its folder (the pictures of the end of training are not listed:
+# replacing them with the same drawings from best.pt is no news).
+DRAWN_LIST = ".seqvae_sample_files"
+
+
 def _samples_folder(run_dir: Path, name: str) -> Path:
-    """RUN/NAME, where this call's files go; a folder that holds files already is said to be replaced, with the
-    setting that keeps both (nothing is overwritten silently)."""
+    """RUN/NAME, where this call's files go; when an earlier call wrote there, its files are said to be replaced,
+    with the setting that keeps both (nothing is overwritten silently)."""
     out = run_dir / name
-    earlier = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    listed = (out / DRAWN_LIST).read_text().splitlines() if (out / DRAWN_LIST).is_file() else []
+    earlier = sorted(n for n in listed if (out / n).exists())
     if earlier:
         shown = ", ".join(earlier[:4]) + (f" and {len(earlier) - 4} more" if len(earlier) > 4 else "")
         log.warning("%s already holds %d files (%s): the ones this call draws again are replaced; samples_dir=NAME "

@@ -20,9 +20,9 @@ verbs:
   train    train a model (default: MLP-VAE on MNIST); returns the validation metric for sweeps
            e.g. seqvae train model.latent_dim=2 trainer.max_epochs=5 | seqvae train -m model.latent_dim=2,10
   eval     score a trained run: -ELBO, reconstruction, KL, IW-NLL, active units, mutual information
-           e.g. seqvae eval run_dir=outputs/2026-11-21/10-00-00 split=test iw_samples=5000
+           e.g. seqvae eval run_dir=outputs/mlp_vae-mnist/2026-11-21/10-00-00 (k=100; iw_samples=5000: paper-grade)
   sample   write pictures (samples, reconstructions, interpolations, traversals, latent scatter)
-           e.g. seqvae sample run_dir=outputs/2026-11-21/10-00-00
+           e.g. seqvae sample run_dir=outputs/mlp_vae-mnist/2026-11-21/10-00-00
   report   one row per job of a multirun folder, sorted by the optimised metric (also written as CSV)
            e.g. seqvae report multirun/2026-11-21/10-00-00
 
@@ -116,7 +116,7 @@ def claim_run_folder(args: list[str]) -> Path | None:
     """`seqvae train`, before Hydra writes into the run folder (.hydra/, train.log): refuse a folder that cannot be
     written, that another training holds, or that holds another run without trainer.resume or trainer.overwrite,
     and lock it for this process. Returns the folder locked, or None where the command line does not name one
-    plainly (a sweep, the default outputs/DATE/TIME, an interpolation): train_app checks those after Hydra."""
+    plainly (a sweep, the default outputs/NAME/DATE/TIME, an interpolation): train_app checks those after Hydra."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
     from seqvae_cli.training import runfolder

@@ -72,6 +72,7 @@ class DataModule:
     eval_batch_size: int
     eval_iw_samples: int
     iw_rows_per_chunk: int = 65536  # examples x importance samples scored at once in the IW pass
+    cut_splits: dict[str, int] = {}  # splits that subset() cut: split -> how many examples the whole split has
 
     # The rules of the constructor's keys (data.<key>), which validate() applies to the config and the constructor
     # to its arguments (config/rules.check_arguments). Subclasses extend these with their own keys.
@@ -122,11 +123,13 @@ class DataModule:
                 setattr(clone, name, dict(value))
         drawn = torch.randperm(total, generator=torch.Generator().manual_seed(seed))[:n]
         clone.restrict(split, torch.sort(drawn).values)
+        clone.cut_splits = {**self.cut_splits, split: total}
         return clone
 
     def restrict(self, split: str, rows: torch.Tensor) -> None:
         """Keep only these rows (a CPU index tensor) of `split`."""
-        raise NotImplementedError
+        raise SeqvaeError(f"limit_examples needs {type(self).__name__}.restrict(split, rows), which this data module "
+                          f"does not define: score the whole split, or add the method (docs/extending.md)")
 
     def state_dict(self) -> dict:
         """What must travel with a checkpoint so eval/sample rebuild the data identically (e.g. a vocabulary)."""

@@ -125,7 +125,8 @@ def active_units(mu: torch.Tensor, threshold: float = 0.01) -> int:
 def evaluate(model: LatentModel, dm: DataModule, split: str, iw_samples: int = 0, limit: int | float | None = None,
              batch_size: int | None = None, rows_per_chunk: int | None = None, with_mutual_info: bool = True,
              progress: bool = False, score: str = "neg_elbo", out_dir: Path | None = None,
-             iw_bf16: bool = False, seed: int | None = None, sharded: bool = False) -> Evaluation:
+             iw_bf16: bool = False, seed: int | None = None, sharded: bool = False, announce: bool = False
+             ) -> Evaluation:
     """Score `split`: -ELBO, reconstruction, KL, IW-NLL (k=iw_samples, 0 = skip), active units, MI.
 
     Time series (dm.kind == "series") add evaluation.series's metrics: reconstruction MSE, and AUROC/AUPRC/best F1
@@ -134,13 +135,15 @@ def evaluate(model: LatentModel, dm: DataModule, split: str, iw_samples: int = 0
     seed: each batch's samples are drawn from the global RNG seeded with (seed, batch index), and the caller's RNG
     state is put back afterwards: the numbers then depend neither on what ran before nor on how the batches are
     shared among processes. sharded: under DDP each rank scores every W-th batch and the results are gathered, so
-    every rank returns what one process would (to float rounding); every rank must call it."""
+    every rank returns what one process would (to float rounding); every rank must call it.
+    progress: a bar once the pass has run a few seconds. announce: a pass estimated (after its first batch) to take
+    over ANNOUNCE_AFTER_S says so in the log, bar or not (`seqvae eval` and the test pass; not every validation)."""
     device = model_device(model)
     devices = [device] if device.type in ("cuda", "mps") else []
     with torch.random.fork_rng(devices=devices, enabled=seed is not None,
                                device_type=device.type if devices else "cuda"):
         return _evaluate(model, dm, split, iw_samples, limit, batch_size, rows_per_chunk, with_mutual_info,
-                         progress, score, out_dir, iw_bf16, seed, sharded)
+                         progress, score, out_dir, iw_bf16, seed, sharded, announce)
 
 
 def model_device(model: torch.nn.Module) -> torch.device:
@@ -152,7 +155,7 @@ SERIES_COLUMNS = ("label", "start", "series")
 
 
 def _evaluate(model, dm, split, iw_samples, limit, batch_size, rows_per_chunk, with_mutual_info, progress, score,
-              out_dir, iw_bf16, seed, sharded) -> Evaluation:
+              out_dir, iw_bf16, seed, sharded, announce) -> Evaluation:
     rows_per_chunk = rows_per_chunk or dm.iw_rows_per_chunk
     world, me = (distributed.world_size(), distributed.rank()) if sharded else (1, 0)
     series = getattr(dm, "kind", None) == "series"
@@ -176,7 +179,7 @@ def _evaluate(model, dm, split, iw_samples, limit, batch_size, rows_per_chunk, w
         scaled = everything * rows / dm.num_examples(split)
         announced.append(announce_iw_pass(split, iw_samples, rows, seconds * iw_samples / samples * scaled / done))
     with eval_mode(model):
-        started, pending = time.perf_counter(), progress and me == 0
+        started, pending = time.perf_counter(), announce and me == 0
         for index, batch in enumerate(batches):
             if index % world != me:
                 continue

@@ -102,7 +102,7 @@ def series_evaluation(dm, split: str, result: "Evaluation", score: str = "neg_el
                 for i in range(n))
         _write_csv(out_dir / f"scores_{split}.csv", ["index", "series", "start", "label", "score"] + extra + ["mse"],
                    rows)
-    if not getattr(dm, "windowed", False) or n != dm.num_examples(split) or split in getattr(dm, "subsets", {}):
+    if not getattr(dm, "windowed", False) or n != dm.num_examples(split) or split in dm.cut_splits:
         return out   # per-timestamp scores need every window of the split
     per_timestamp = dm.timestamp_scores(values, split)
     ts_rows = []

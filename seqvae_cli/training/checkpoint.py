@@ -71,7 +71,7 @@ def load_checkpoint(path: Path | str, map_location: str | torch.device = "cpu") 
     path = Path(path)
     if not path.is_file():
         raise SeqvaeError(f"checkpoint {path} does not exist; give a run directory with checkpoints/ "
-                          f"(run_dir=outputs/DATE/TIME) or the path of a .pt file")
+                          f"(run_dir=outputs/NAME/DATE/TIME) or the path of a .pt file")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch's loader raises many types on garbage (KeyError, IndexError, ...)
@@ -136,7 +136,7 @@ def check_belongs(state: dict, path: Path | str, run_dir: Path | str, fix: str) 
 def resolve_checkpoint(run_dir: str | None, checkpoint: str) -> Path:
     if checkpoint in ("best", "last"):
         if not run_dir:
-            raise SeqvaeError("no run given: pass run_dir=outputs/DATE/TIME (a `seqvae train` output folder) "
+            raise SeqvaeError("no run given: pass run_dir=outputs/NAME/DATE/TIME (a `seqvae train` output folder) "
                               "or checkpoint=path/to/file.pt")
         return Path(run_dir) / "checkpoints" / f"{checkpoint}.pt"
     return Path(checkpoint)

@@ -123,7 +123,7 @@ class Reporting:
         tc = self.cfg.trainer
         metrics = evaluate(self.model, self.dm, "test", iw_samples=tc.test_iw_samples,
                            limit=tc.get("limit_test_batches"), seed=tc.seed, sharded=True,
-                           progress=bool(tc.progress_bar) and self.rank == 0).metrics
+                           progress=bool(tc.progress_bar) and self.rank == 0, announce=True).metrics
         # One table, as `seqvae eval` prints it; in TensorBoard the Text tab and the HParams metrics show it rather
         # than one single-point chart per metric above the training curves.
         self.writer.add_text("test", markdown_table(metrics), self.step)

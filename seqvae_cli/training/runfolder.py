@@ -251,7 +251,7 @@ def clear_previous_run(run_dir: Path) -> None:
 def discard_unused(folder: Path, task: str) -> bool:
     """A command that stopped before doing anything leaves no folder behind: remove `folder` when it holds only what
     Hydra wrote for this command (.hydra/, TASK.log) and the lock, then its parents that became empty below the
-    working directory (outputs/DATE/, outputs/) or below a run (RUN/logs/). Returns whether it was removed."""
+    working directory (outputs/NAME/DATE/, outputs/NAME/, outputs/) or below a run (RUN/logs/). Returns whether it was removed."""
     if not folder.is_dir() or folder.is_symlink():
         return False
     if any(p.name not in (".hydra", f"{task}.log", LOCK_NAME) for p in folder.iterdir()):

@@ -14,9 +14,10 @@ from seqvae_cli.memory import check_fits, decoding_row_bytes
 from seqvae_cli.models.base import eval_mode
 from seqvae_cli.models.decoding import Rules, decode, homotopy, to_text
 
+
 def rules_of(cfg) -> Rules:
-    """sample.yaml's decoding rules (runs of older versions' configs: the defaults)."""
-    return Rules(bool(cfg.get("allow_unk", False)), int(cfg.get("min_len", 1)), int(cfg.get("no_repeat_ngram", 3)))
+    """sample.yaml's decoding rules."""
+    return Rules(bool(cfg.allow_unk), int(cfg.min_len), int(cfg.no_repeat_ngram))
 
 
 # The longest decode `seqvae sample` runs (tokens per sentence): PTB's longest sentence has 83 tokens, and a model
