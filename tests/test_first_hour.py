@@ -377,7 +377,7 @@ def test_the_text_models_name_their_unk_for_the_rules():
     assert LSTMLM(12, unk_id=1, embed_dim=4, hidden_size=4).unk_id == 1
 
 
-def test_evaluate_announces_its_estimate_before_the_bulk_of_the_pass(monkeypatch, caplog):
+def test_evaluate_announces_its_estimate_before_the_bulk_of_the_pass(monkeypatch, caplog, capsys):
     """The estimate comes from the first chunk of IW samples (the test pass and `seqvae eval` pass announce=True),
     with or without a progress bar (trainer.progress_bar=false in a cluster's log must not look hung either)."""
     from seqvae_cli.data.series.sines import SinesData
@@ -387,8 +387,11 @@ def test_evaluate_announces_its_estimate_before_the_bulk_of_the_pass(monkeypatch
     dm.setup(torch.device("cpu"))
     model = SeriesLSTMVAE(num_channels=1, seq_len=10, embed_dim=4, hidden_size=4, latent_dim=2).eval()
     monkeypatch.setattr(ev, "ANNOUNCE_AFTER_S", 0.0)
+    monkeypatch.setattr(ev, "IW_PROGRESS_AFTER_S", 0.0)   # the bars' delay (2 s) cut to nothing
     with caplog.at_level("WARNING", logger="seqvae"):
         ev.evaluate(model, dm, "test", iw_samples=7, rows_per_chunk=20, announce=True, seed=0)
         ev.evaluate(model, dm, "val", iw_samples=7, rows_per_chunk=20, progress=True, seed=0)   # a validation
     said = [r.getMessage() for r in caplog.records if "scoring the" in r.getMessage()]
     assert len(said) == 1 and "test split: IW-NLL with k=7 importance samples over 40 examples" in said[0], said
+    bars = capsys.readouterr().err
+    assert "scoring val" in bars and "scoring test" not in bars     # a bar with progress=True, an estimate or not
