@@ -72,8 +72,9 @@ def inner_loop(losses, check_every, max_inner_steps, sizes=None):
     held = [torch.nn.Parameter(torch.zeros(2))]
     seen = []
 
-    def update(batch, kl_weight):
+    def update(batch, kl_weight, summed=True):
         assert not held[0].requires_grad            # the decoder is held fixed inside the loop
+        assert not summed                           # the epoch's means count the training steps only
         seen.append(batch["id"])
         return SimpleNamespace(loss=torch.tensor(losses[len(seen) - 1]))
 
@@ -142,7 +143,17 @@ def test_each_update_moves_only_the_encoder_or_only_the_decoder_and_all_after_sw
     trainer.optimizer.register_step_post_hook(
         lambda opt, args, kwargs: snapshots.append([p.detach().clone() for p in model.parameters()]))
 
+    update, outer = trainer.optimizer_update, []
+
+    def recorded(batch, kl_weight, global_size=None, summed=True):
+        terms = update(batch, kl_weight, global_size, summed)
+        if summed:
+            outer.append((batch["x"].shape[0], float(terms.loss)))
+        return terms
+    trainer.optimizer_update = recorded
     means = trainer.train_epoch()
+    # The epoch's mean loss is that of its 3 steps: the inner updates once made it ~(1 + inner) times too large.
+    assert len(outer) == 3 and means["loss"] == pytest.approx(sum(b * v for b, v in outer) / sum(b for b, _ in outer))
     steps = [moved(a, b, model) for a, b in zip(snapshots, snapshots[1:])]
     assert set(map(frozenset, steps)) == {frozenset(encoder), frozenset(everything - encoder)}
     decoder_steps = [i for i, s in enumerate(steps) if s == everything - encoder]

@@ -251,9 +251,8 @@ def _load_for_sampling(cfg: DictConfig, device: torch.device) -> tuple:
             raise missing from None
         if found[1].has_split(str(cfg.split)):   # the failure was not about the data
             raise missing from None
-        log.warning("drawing only what the checkpoint alone gives (prior samples%s): the figures of the %s split "
-                    "need its data, which failed to load: %s", ", your sentences" if given_sentences(cfg) else "",
-                    cfg.split, missing)
+        log.warning("drawing only what the checkpoint alone gives (prior samples): the figures of the %s split "
+                    "need its data, which failed to load: %s", cfg.split, missing)
         return found
 
 

@@ -155,7 +155,9 @@ class AggressiveSteps:
             for done in range(1, aggressive.max_inner_steps + 1):
                 if done > 1:
                     batch = next(fresh)
-                loss = float(self.optimizer_update(batch, self.objective.kl_weight(self.step)).loss.detach())
+                # Not summed: the epoch's means are those of the training steps, one batch each.
+                loss = float(self.optimizer_update(batch, self.objective.kl_weight(self.step), summed=False)
+                             .loss.detach())
                 window_loss += loss * batch["x"].shape[0]
                 window_count += int(batch["lengths"].sum()) if "lengths" in batch else batch["x"].shape[0]
                 if done % aggressive.check_every == 0:

@@ -330,9 +330,10 @@ class Trainer(CheckpointState, Reporting, AggressiveSteps):
                                  at=f"between step {since_step} and step {self.step}")
 
     def optimizer_update(self, batch: Batch, kl_weight: float | torch.Tensor,
-                         global_size: int | None = None) -> Terms:
+                         global_size: int | None = None, summed: bool = True) -> Terms:
         """One optimiser update on `batch` (of the parameters that require a gradient); returns the objective's
-        terms and adds them (SUMMED_TERMS), times the batch size, to self.train_sums. No host read on CUDA, so that
+        terms and, when `summed` (a training step's update, not one of the aggressive encoder's inner updates), adds
+        them (SUMMED_TERMS), times the batch size, to self.train_sums. No host read on CUDA, so that
         the step can be captured as a CUDA graph (captured_step.py). Under DDP, `batch` is this rank's shard of a
         global batch of `global_size` rows: the loss is scaled so that DDP's gradient average over ranks is the
         gradient of the global batch's mean loss."""
@@ -356,8 +357,9 @@ class Trainer(CheckpointState, Reporting, AggressiveSteps):
         if self.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip, foreach=True)
         self.optimizer.step()
-        self.train_sums.add_(torch.stack((terms.loss.detach(), terms.neg_elbo, terms.rec, terms.kl, terms.aux))
-                             .double().mul_(b))
+        if summed:
+            self.train_sums.add_(torch.stack((terms.loss.detach(), terms.neg_elbo, terms.rec, terms.kl, terms.aux))
+                                 .double().mul_(b))
         return terms
 
     # ------------------------------------------------------------- aggressive encoder training (He et al. 2019)
