@@ -148,7 +148,7 @@ def test_each_update_moves_only_the_encoder_or_only_the_decoder_and_all_after_sw
     def recorded(batch, kl_weight, global_size=None, summed=True):
         terms = update(batch, kl_weight, global_size, summed)
         if summed:
-            outer.append((batch["x"].shape[0], float(terms.loss)))
+            outer.append((batch["x"].shape[0], float(terms.loss.detach())))
         return terms
     trainer.optimizer_update = recorded
     means = trainer.train_epoch()
