@@ -70,6 +70,10 @@ def test_run_folders_are_named_by_what_they_train():
     assert _run_dir("train", None, None, None, "lstm_vae", "ptb").startswith("outputs/lstm_vae-ptb/")
     assert _run_dir("train", None, None, "sines", "lstm_vae", "sines").startswith("outputs/sines/")
     assert _run_dir("train", "my/run", None, "sines", "lstm_vae", "sines") == "my/run"
+    from seqvae_cli.config.runtime import sweep_name   # a sweep's config holds its first job's choices only
+    assert sweep_name(None, "mlp_vae", "mnist", ["model=mlp_vae,ae", "model.latent_dim=2,3"]) == "mlp_vae+ae-mnist"
+    assert sweep_name(None, "lstm_vae", "ptb", ["model.latent_dim=2,3", "data=ptb"]) == "lstm_vae-ptb"
+    assert sweep_name("sines", "lstm_vae", "sines", ["experiment=sines,ecg5000"]) == "sines+ecg5000"
 
 
 # ------------------------------------------------------------------------------------------------ downloads

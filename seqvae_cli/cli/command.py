@@ -24,7 +24,7 @@ verbs:
   sample   write pictures (samples, reconstructions, interpolations, traversals, latent scatter)
            e.g. seqvae sample run_dir=outputs/mlp_vae-mnist/2026-11-21/10-00-00
   report   one row per job of a multirun folder, sorted by the optimised metric (also written as CSV)
-           e.g. seqvae report multirun/2026-11-21/10-00-00
+           e.g. seqvae report multirun/mlp_vae-mnist/2026-11-21/10-00-00
 
 `seqvae VERB --help` lists that verb's config groups and options; `seqvae VERB --cfg job` prints the config."""
 

@@ -79,12 +79,13 @@ def rank(rows: list[dict]) -> dict[str, str]:
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="seqvae report", description=__doc__)
-    parser.add_argument("sweep_dir", type=Path, help="a multirun folder, e.g. multirun/2026-11-21/10-00-00")
+    parser.add_argument("sweep_dir", type=Path,
+                        help="a multirun folder, e.g. multirun/mlp_vae-mnist/2026-11-21/10-00-00")
     parser.add_argument("--csv", type=Path, default=None, help="CSV path (default: SWEEP_DIR/report.csv)")
     args = parser.parse_args(argv)
     if not args.sweep_dir.is_dir():
         print(f"seqvae: error: {args.sweep_dir} is not a folder; pass a multirun directory "
-              f"(multirun/DATE/TIME) written by `seqvae train -m ...`", file=sys.stderr)
+              f"(multirun/NAME/DATE/TIME) written by `seqvae train -m ...`", file=sys.stderr)
         return 2
     rows = collect(args.sweep_dir)
     if not rows:

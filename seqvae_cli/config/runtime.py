@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import re
 from pathlib import Path
 
 import torch
@@ -34,6 +35,17 @@ def run_name(experiment: str | None, model: str | None, data: str | None) -> str
     return "-".join(str(part) for part in (model, data) if part) or "run"
 
 
+def sweep_name(experiment: str | None, model: str | None, data: str | None, overrides: list | None) -> str:
+    """A sweep's folder name: run_name, where a group swept on the command line shows its options joined by '+'
+    (`-m model=mlp_vae,ae` -> mlp_vae+ae-mnist): the sweep's own config holds only the first job's choices."""
+    chosen = {"experiment": experiment, "model": model, "data": data}
+    for item in overrides or []:
+        key, _, value = str(item).partition("=")
+        if key in chosen and "," in value:
+            chosen[key] = re.sub(r"[^\w.+-]", "", value.replace(",", "+")) or chosen[key]
+    return run_name(chosen["experiment"], chosen["model"], chosen["data"])
+
+
 def _run_dir(task_name: str, run_dir: str | None, checkpoint: str | None, experiment: str | None = None,
              model: str | None = None, data: str | None = None) -> str:
     """Hydra's run directory: train -> run_dir or outputs/NAME/DATE/TIME (NAME: run_name); eval/sample ->
@@ -57,6 +69,8 @@ def _run_dir(task_name: str, run_dir: str | None, checkpoint: str | None, experi
 def register_resolvers() -> None:
     if not OmegaConf.has_resolver("seqvae_run_dir"):
         OmegaConf.register_new_resolver("seqvae_run_dir", _run_dir, use_cache=True)
+    if not OmegaConf.has_resolver("seqvae_sweep_name"):
+        OmegaConf.register_new_resolver("seqvae_sweep_name", sweep_name, use_cache=True)
 
 
 def override_keys(overrides: list[str]) -> list[str]:
