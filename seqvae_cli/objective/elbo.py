@@ -13,6 +13,7 @@ from torch import nn
 from seqvae_cli.config.rules import BOOLEAN, number
 from seqvae_cli.data.base import Batch
 from seqvae_cli.errors import SeqvaeError
+from seqvae_cli.latent.posterior import DiagonalGaussian
 from seqvae_cli.models.base import LatentModel
 from seqvae_cli.objective.schedule import KLSchedule
 
@@ -132,9 +133,14 @@ class Objective:
             return Terms((-rec + aux).mean(), rec.mean(), zero, mu.new_zeros(mu.shape[1]), -rec.mean(),
                          aux.mean(), mu.detach())
         if self.iw_samples > 1:
-            z, log_q = q.rsample_and_log_prob(self.iw_samples)
-            log_px = model.log_likelihood(batch, z)           # [k, B]
-            log_pz = prior.log_prob(z)
+            if isinstance(q, DiagonalGaussian):   # the densities after the decoder, as before flows: the same
+                z = q.rsample(self.iw_samples)      # gradient accumulation order, so IWAE runs replay bit for bit
+                log_px = model.log_likelihood(batch, z)       # [k, B]
+                log_pz, log_q = prior.log_prob(z), q.log_prob(z)
+            else:   # a flow's density is known at its own samples only
+                z, log_q = q.rsample_and_log_prob(self.iw_samples)
+                log_px = model.log_likelihood(batch, z)
+                log_pz = prior.log_prob(z)
             # The annealing weight scales log p(z) - log q(z|x) inside the importance weights.
             log_w = log_px + weight * (log_pz - log_q)
             bound = torch.logsumexp(log_w, 0) - math.log(self.iw_samples)
